@@ -1,0 +1,76 @@
+"""The semseg checkpoint: a documented dict of tensors and plain Python values.
+
+Keys (all optional except ``format``, ``model_name`` and ``model``):
+
+==================  ==========================================================
+``format``          ``"semseg-checkpoint"``
+``version``         int, 1
+``model_name``      name given to :func:`semseg.create_model`
+``model_kwargs``    extra keyword arguments of ``create_model`` (plain values)
+``model_meta``      ``model.pretrained_cfg`` as a dict (num_classes, class
+                    names, palette, mean, std, ignore index)
+``model``           state dict of the weights to use for inference (the EMA
+                    weights when EMA is on)
+``train_model``     state dict of the raw training weights (when EMA is on)
+``optimizer``, ``scheduler``, ``scaler``, ``ema``   their state dicts
+``epoch``, ``step`` progress counters (``epoch`` = epochs completed)
+``rng``             RNG states (python, numpy, torch) for exact resume
+``config``          the resolved run config as a plain dict
+``best_miou``       best validation mIoU so far; ``metrics`` the last scores
+==================  ==========================================================
+
+Checkpoints are loaded with ``torch.load(weights_only=True)``: a file carrying
+a pickled object is refused, never executed. They are written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semseg.errors import SemsegError
+from semseg.io import atomic_write
+
+CHECKPOINT_FORMAT = "semseg-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, then rename)."""
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    with atomic_write(path, "wb") as handle:
+        torch.save(state, handle)
+
+
+def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` and one clear error per failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemsegError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise SemsegError(
+            f"{path}: refused to load: the file holds pickled Python objects, not only tensors "
+            f"and plain values (weights_only=True). Re-save it as a plain state dict. ({str(exc).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise SemsegError(f"{path}: not a readable PyTorch file ({str(exc).splitlines()[0]})") from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a semseg checkpoint (see the module docstring for its keys)."""
+    state = load_file(path, map_location)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise SemsegError(
+            f"{path}: not a semseg checkpoint (no 'format': '{CHECKPOINT_FORMAT}' key); "
+            "for a raw state dict use --model NAME --weights FILE"
+        )
+    for key in ("model_name", "model"):
+        if key not in state:
+            raise SemsegError(f"{path}: semseg checkpoint lacks the '{key}' entry")
+    return state

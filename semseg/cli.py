@@ -1,0 +1,193 @@
+"""The ``semseg`` command. Each subcommand parses its arguments, then calls one library function.
+
+Errors a user can fix (a bad file, a bad key) are :class:`SemsegError`: the
+command prints the message alone and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from semseg.errors import SemsegError
+
+
+def _split_overrides(extra: list[str]) -> list[str]:
+    """Turn ``key=value``, ``--key value`` and ``--key=value`` leftovers into ``key=value``."""
+    overrides: list[str] = []
+    i = 0
+    while i < len(extra):
+        item = extra[i]
+        if item.startswith("--"):
+            item = item[2:]
+            if "=" not in item:
+                if i + 1 >= len(extra):
+                    raise SemsegError(f"option --{item} needs a value")
+                item = f"{item}={extra[i + 1]}"
+                i += 1
+        if "=" not in item:
+            raise SemsegError(f"unexpected argument {item!r}: overrides are written key=value (e.g. train.epochs=5)")
+        overrides.append(item)
+        i += 1
+    return overrides
+
+
+# ---------------------------------------------------------------- score
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score a folder of predicted label PNGs against ground truth")
+    p.add_argument("--pred", required=True, help="folder of predicted label PNGs")
+    p.add_argument("--gt", required=True, help="folder of ground-truth label PNGs")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--ignore-index", type=int, default=255)
+    p.add_argument("--class-names", default=None, help="comma-separated class names, in class order")
+    p.add_argument("--json", default=None, help="write the scores to this JSON file")
+    p.add_argument("--allow-missing", action="store_true", help="skip ground truths that have no prediction")
+    p.set_defaults(handler=_run_score)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from semseg.metrics import run_score
+
+    return run_score(
+        pred_dir=args.pred,
+        gt_dir=args.gt,
+        num_classes=args.num_classes,
+        ignore_index=args.ignore_index,
+        class_names=args.class_names.split(",") if args.class_names else None,
+        json_path=args.json,
+        allow_missing=args.allow_missing,
+    )
+
+
+# ---------------------------------------------------------------- data check
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    c = data_sub.add_parser("check", help="audit a dataset before training on it")
+    c.add_argument("--format", default="folder", help="camvid, voc, cityscapes, ade20k or folder")
+    c.add_argument("--root", required=True)
+    c.add_argument("--split", default="train")
+    c.add_argument("--config", default=None, help="a run config whose data section describes the dataset")
+    c.add_argument("--json", default=None, help="write the report to this JSON file")
+    c.set_defaults(handler=_run_data_check)
+
+
+def _run_data_check(args: argparse.Namespace) -> int:
+    from semseg.data.audit import run_check
+
+    return run_check(fmt=args.format, root=args.root, split=args.split, config_path=args.config, json_path=args.json)
+
+
+# ---------------------------------------------------------------- train / val / demo
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a config (key=value overrides follow)")
+    p.add_argument("--config", default=None, help="YAML config file")
+    p.add_argument("--run-dir", default=None, help="run folder (default runs/<name>-<time>)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from semseg.engine.trainer import run_train
+
+    return run_train(config_path=args.config, overrides=_split_overrides(args.extra), run_dir=args.run_dir, resume=args.resume)
+
+
+def _add_val(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("val", help="evaluate a checkpoint (config overrides follow, e.g. --data.root DIR)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--json", default=None, help="write the scores to this JSON file")
+    p.add_argument("--save-examples", type=int, default=0, metavar="N", help="save N image|truth|prediction panels")
+    p.add_argument("--out", default=None, help="folder for the example panels (default: beside the checkpoint)")
+    p.set_defaults(handler=_run_val)
+
+
+def _run_val(args: argparse.Namespace) -> int:
+    from semseg.engine.trainer import run_val
+
+    return run_val(
+        checkpoint=args.checkpoint,
+        overrides=_split_overrides(args.extra),
+        json_path=args.json,
+        save_examples=args.save_examples,
+        out_dir=args.out,
+    )
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train, evaluate and predict on the embedded street-scene sample")
+    p.add_argument("--run-dir", default="runs/demo")
+    p.add_argument("--minutes", type=float, default=2.0, help="training time budget")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from semseg.engine.demo import run_demo
+
+    return run_demo(run_dir=args.run_dir, minutes=args.minutes)
+
+
+# ---------------------------------------------------------------- predict / export
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict label maps for images, folders or globs")
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from semseg.inference import run_predict
+
+    return run_predict(args)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX and check its outputs against PyTorch")
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from semseg.export import run_export
+
+    return run_export(args)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train, _add_val, _add_predict, _add_score, _add_data, _add_export, _add_demo,
+]
+ACCEPTS_OVERRIDES = {"train", "val"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from semseg import __version__
+
+    parser = argparse.ArgumentParser(prog="semseg", description="semantic segmentation toolkit")
+    parser.add_argument("--version", action="version", version=f"semseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in ACCEPTS_OVERRIDES:
+            args, extra = parser.parse_known_args(argv)
+        else:
+            args, extra = parser.parse_args(argv), []
+        args.extra = extra
+        return int(args.handler(args) or 0)
+    except SemsegError as exc:
+        print(f"semseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("semseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""Typed run configuration: dataclasses, loaded from YAML, overridden by ``key=value``.
+
+A YAML file holds three sections (``model``, ``data``, ``train``) plus ``name``;
+keys may also be written flat with dots (``train.epochs: 5``). Nothing inherits
+from anything: a config file is the whole story of a run. Every setting lives in
+one place; :func:`validate` fails before training starts when settings disagree.
+The resolved config is saved into the run folder and into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from semseg.errors import SemsegError
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lraspp_mobilenet_v3_large"
+    # False, True (the library's published weights, needs the network) or a weights file path
+    pretrained: Union[bool, str] = False
+    # bn | gn (GroupNorm, for small batches) | syncbn (under DDP)
+    norm: Literal["bn", "gn", "syncbn"] = "bn"
+    # extra keyword arguments of create_model (e.g. encoder_depth)
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    # camvid | voc | cityscapes | ade20k | folder
+    format: str = "folder"
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    # folder format only: the others fix classes, names and palette themselves
+    num_classes: Optional_int = None  # type: ignore[valid-type]
+    class_names: Optional_list = None  # type: ignore[valid-type]
+    # RGB per class: colours of colour masks (mask_mode=color) and of visualisations
+    palette: Optional_list = None  # type: ignore[valid-type]
+    # index: single-channel or palette PNG masks; color: RGB masks mapped through `palette`
+    mask_mode: Literal["index", "color"] = "index"
+    # what an RGB colour that is not in the palette becomes: an error, or ignore
+    unknown_color: Literal["error", "ignore"] = "error"
+    # raw mask value -> class id (or ignore_index), applied once as a lookup table
+    label_map: Optional_dict = None  # type: ignore[valid-type]
+    # ADE20K style: 0 is "other" (ignored), 1..C become 0..C-1
+    reduce_zero_label: bool = False
+    # the label of pixels that count in no loss and no metric, in every tensor semseg makes
+    ignore_index: int = 255
+    # training crops (height, width) and random rescaling of the image before cropping
+    crop_size: list = field(default_factory=lambda: [512, 512])
+    scale_range: list = field(default_factory=lambda: [0.5, 2.0])
+    # re-draw a crop where one class covers more than this fraction (1.0 = off)
+    cat_max_ratio: float = 1.0
+    hflip: bool = True
+    photometric: bool = True
+    # optional (height, width) the images are resized to before augmentation and at evaluation
+    base_size: Optional_list = None  # type: ignore[valid-type]
+    mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list = field(default_factory=lambda: list(IMAGENET_STD))
+    workers: int = 2
+    # skip (with a warning, counted) samples that fail to decode, instead of stopping
+    skip_bad_samples: bool = False
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 8
+    seed: int = 0
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # learning-rate multiplier of the decoder/head relative to the encoder
+    head_lr_mult: float = 1.0
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    poly_power: float = 0.9
+    warmup_epochs: float = 0.0
+    warmup_factor: float = 0.1
+    accumulate: int = 1
+    clip_grad: Optional_float = None  # type: ignore[valid-type]
+    ema: bool = False
+    ema_decay: float = 0.999
+    freeze_encoder_epochs: int = 0
+    # a create_loss spec: "ce", "ce+dice", "0.5*focal+lovasz", ...
+    loss: str = "ce"
+    loss_kwargs: dict = field(default_factory=dict)
+    # None, "median_freq", "enet" or a list of per-class weights
+    class_weights: Union[None, str, list] = None
+    # weight of the auxiliary head's loss, for models that have one
+    aux_weight: float = 0.4
+    # auto: bf16 autocast on CUDA and on CPUs with bf16, else fp32; fp16 needs CUDA
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    device: str = "auto"
+    val_every: int = 1
+    # stop after this many validations without a better mIoU (0 = never)
+    early_stop_patience: int = 0
+    # stop (after a validation, checkpoints written) once this wall-clock budget is spent
+    time_limit_minutes: Optional_float = None  # type: ignore[valid-type]
+    # reproducible kernels (slower); resume reproduces a run exactly either way on CPU
+    deterministic: bool = False
+    log_every: int = 10
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ------------------------------------------------------------------ type helpers
+Optional_int = typing.Optional[int]
+Optional_float = typing.Optional[float]
+Optional_list = typing.Optional[list]
+Optional_dict = typing.Optional[dict]
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls, globalns={**globals(), **vars(typing)})
+
+
+def valid_keys() -> list[str]:
+    keys = ["name"]
+    for section, cls in SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``kind``; convert the harmless cases (int -> float)."""
+    origin = get_origin(kind)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in get_args(kind):
+            try:
+                return _coerce(value, option, key)
+            except SemsegError as exc:
+                errors.append(str(exc))
+        names = ", ".join(_type_name(o) for o in get_args(kind))
+        raise SemsegError(f"config key '{key}': {value!r} is not one of: {names}")
+    if origin is Literal:
+        if value not in get_args(kind):
+            raise SemsegError(f"config key '{key}': {value!r} is not one of {list(get_args(kind))}")
+        return value
+    if kind is type(None):
+        if value is None:
+            return None
+        raise SemsegError(f"config key '{key}': expected null, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise SemsegError(f"config key '{key}': expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise SemsegError(f"config key '{key}': expected an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise SemsegError(f"config key '{key}': expected a number, got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise SemsegError(f"config key '{key}': expected a string, got {value!r}")
+    if kind in (list, dict):
+        if isinstance(value, kind):
+            return value
+        raise SemsegError(f"config key '{key}': expected a {kind.__name__}, got {value!r}")
+    raise SemsegError(f"config key '{key}': unsupported type {kind}")
+
+
+def _type_name(kind: Any) -> str:
+    if kind is type(None):
+        return "null"
+    if get_origin(kind) is Literal:
+        return "/".join(map(str, get_args(kind)))
+    return getattr(kind, "__name__", str(kind))
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"epochs": 5}, "data.root": "x"} -> {"train.epochs": 5, "data.root": "x"}."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if not prefix and key in SECTIONS and isinstance(value, dict):
+            flat.update(_flatten(value, f"{key}."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def _unknown_key_message(key: str) -> str:
+    section = key.split(".")[0]
+    if section in SECTIONS:
+        keys = [k for k in valid_keys() if k.startswith(section + ".")]
+    else:
+        keys = valid_keys()
+    return f"unknown config key '{key}'. Valid keys: {', '.join(keys)}"
+
+
+def apply(config: RunConfig, values: dict[str, Any], source: str = "") -> RunConfig:
+    """Set dotted keys on ``config`` with type checks; returns ``config``."""
+    where = f" (in {source})" if source else ""
+    for key, value in _flatten(values).items():
+        if key == "name":
+            config.name = _coerce(value, str, key)
+            continue
+        section, _, attr = key.partition(".")
+        if section not in SECTIONS or not attr:
+            raise SemsegError(_unknown_key_message(key) + where)
+        target = getattr(config, section)
+        hints = _field_types(type(target))
+        if attr not in hints:
+            raise SemsegError(_unknown_key_message(key) + where)
+        try:
+            setattr(target, attr, _coerce(value, hints[attr], key))
+        except SemsegError as exc:
+            raise SemsegError(f"{exc}{where}") from None
+    return config
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.epochs=5", "data.crop_size=[360,480]"]`` -> dict; values are read as YAML."""
+    values: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SemsegError(f"override {item!r} is not key=value")
+        try:
+            values[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            values[key.strip()] = text
+    return values
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SemsegError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SemsegError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise SemsegError(f"{path}: a config file must be a mapping of keys to values")
+    return raw
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults, then ``base`` (e.g. a checkpoint's config), then the YAML file, then overrides."""
+    config = RunConfig()
+    if base:
+        apply(config, base, "checkpoint config")
+    if path is not None:
+        apply(config, load_yaml(path), str(path))
+    if overrides:
+        apply(config, parse_overrides(overrides), "command line")
+    return config
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def validate(config: RunConfig, num_classes: int | None = None) -> None:
+    """Fail loudly, before anything runs, when settings are invalid or disagree.
+
+    ``num_classes`` is the dataset's class count (known once the data format is
+    resolved); it must agree with ``data.num_classes`` and per-class settings.
+    """
+    d, t = config.data, config.train
+    if len(d.crop_size) != 2 or not all(isinstance(v, int) and v > 0 for v in d.crop_size):
+        raise SemsegError(f"config key 'data.crop_size': expected [height, width] positive integers, got {d.crop_size}")
+    if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
+        raise SemsegError(f"config key 'data.scale_range': expected [low, high] with 0 < low <= high, got {d.scale_range}")
+    if d.base_size is not None and (len(d.base_size) != 2 or not all(isinstance(v, int) and v > 0 for v in d.base_size)):
+        raise SemsegError(f"config key 'data.base_size': expected [height, width] positive integers, got {d.base_size}")
+    if len(d.mean) != 3 or len(d.std) != 3 or any(s <= 0 for s in d.std):
+        raise SemsegError("config keys 'data.mean' and 'data.std' need three values each, std > 0")
+    if not 0 < d.cat_max_ratio <= 1:
+        raise SemsegError(f"config key 'data.cat_max_ratio': must lie in (0, 1], got {d.cat_max_ratio}")
+    if not 0 <= d.ignore_index <= 65535:
+        raise SemsegError(f"config key 'data.ignore_index': must lie in 0..65535, got {d.ignore_index}")
+    if d.workers < 0:
+        raise SemsegError("config key 'data.workers' must be >= 0")
+    for key in ("epochs", "batch_size", "accumulate", "val_every"):
+        if getattr(t, key) < 1:
+            raise SemsegError(f"config key 'train.{key}' must be >= 1, got {getattr(t, key)}")
+    if t.lr <= 0:
+        raise SemsegError(f"config key 'train.lr' must be > 0, got {t.lr}")
+    if not 0 < t.ema_decay < 1:
+        raise SemsegError(f"config key 'train.ema_decay' must lie in (0, 1), got {t.ema_decay}")
+    if t.freeze_encoder_epochs < 0 or t.freeze_encoder_epochs >= t.epochs and t.freeze_encoder_epochs:
+        raise SemsegError("config key 'train.freeze_encoder_epochs' must be >= 0 and below train.epochs")
+    if isinstance(t.class_weights, str) and t.class_weights not in ("median_freq", "enet"):
+        raise SemsegError(f"config key 'train.class_weights': expected median_freq, enet, a list or null, got {t.class_weights!r}")
+    if num_classes is None:
+        return
+    if d.num_classes is not None and d.num_classes != num_classes:
+        raise SemsegError(
+            f"config key 'data.num_classes' is {d.num_classes} but the {d.format} dataset has {num_classes} classes"
+        )
+    if num_classes > d.ignore_index >= 0:
+        raise SemsegError(
+            f"config key 'data.ignore_index' ({d.ignore_index}) is a class id (the dataset has {num_classes} classes)"
+        )
+    if d.class_names is not None and len(d.class_names) != num_classes:
+        raise SemsegError(f"config key 'data.class_names' has {len(d.class_names)} names for {num_classes} classes")
+    if d.palette is not None and len(d.palette) < num_classes:
+        raise SemsegError(f"config key 'data.palette' has {len(d.palette)} colours for {num_classes} classes")
+    if isinstance(t.class_weights, list) and len(t.class_weights) != num_classes:
+        raise SemsegError(f"config key 'train.class_weights' has {len(t.class_weights)} values for {num_classes} classes")
