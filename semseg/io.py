@@ -115,6 +115,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         handle.write(text)
 
 
+def encode_image_png(rgb: np.ndarray) -> bytes:
+    """Encode a uint8 [H, W, 3] (or [H, W]) image as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_label_png(path: str | os.PathLike, labels: np.ndarray, palette: list[list[int]] | None = None) -> None:
     write_bytes_atomic(path, encode_label_png(labels, palette))
 

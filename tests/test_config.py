@@ -1,0 +1,99 @@
+"""Typed config: YAML + key=value overrides, clear errors, validate()."""
+
+from __future__ import annotations
+
+import pytest
+
+from semseg.config import RunConfig, load_config, parse_overrides, to_yaml, valid_keys, validate
+from semseg.errors import SemsegError
+
+
+def test_yaml_sections_flat_keys_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: camvid\nmodel:\n  name: unet_resnet18\ndata.format: camvid\ntrain:\n  epochs: 3\n  lr: 1\n")
+    cfg = load_config(path, ["train.epochs=5", "data.crop_size=[360, 480]", "model.pretrained=w.pth"])
+    assert cfg.name == "camvid"
+    assert cfg.model.name == "unet_resnet18"
+    assert cfg.data.format == "camvid"
+    assert cfg.train.epochs == 5  # the command line wins over the file
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # int accepted for a float
+    assert cfg.data.crop_size == [360, 480]
+    assert cfg.model.pretrained == "w.pth"
+
+
+def test_saved_yaml_round_trips(tmp_path):
+    cfg = load_config(None, ["train.epochs=7", "train.class_weights=[1.0, 2.0]", "train.clip_grad=1.5"])
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_config(path) == cfg
+
+
+def test_base_then_file_then_overrides():
+    base = {"train": {"epochs": 9, "lr": 0.5}}
+    cfg = load_config(None, ["train.lr=0.1"], base=base)
+    assert (cfg.train.epochs, cfg.train.lr) == (9, 0.1)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=5", "unknown config key 'train.epoch'. Valid keys: train.epochs"),
+        ("trian.epochs=5", "unknown config key 'trian.epochs'"),
+        ("train.epochs=five", "config key 'train.epochs': expected an integer, got 'five'"),
+        ("train.precision=fp8", "config key 'train.precision': 'fp8' is not one of"),
+        ("train.ema=yes please", "config key 'train.ema': expected true or false"),
+        ("data.crop_size=512", "config key 'data.crop_size': expected a list"),
+        ("train.epochs", "is not key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(SemsegError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config(None, [override])
+
+
+def test_bad_key_in_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epocs: 3\n")
+    with pytest.raises(SemsegError, match=r"unknown config key 'train.epocs'.*bad.yaml"):
+        load_config(path)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(SemsegError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(SemsegError, match="must be a mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_override_values_are_yaml():
+    values = parse_overrides(["a.b=3", "a.c=0.5", "a.d=[1,2]", "a.e=null", "a.f=text", "a.g=true"])
+    assert values == {"a.b": 3, "a.c": 0.5, "a.d": [1, 2], "a.e": None, "a.f": "text", "a.g": True}
+
+
+@pytest.mark.parametrize(
+    "overrides, num_classes, message",
+    [
+        (["data.num_classes=12"], 11, "'data.num_classes' is 12 but the folder dataset has 11"),
+        (["data.ignore_index=3"], 11, "'data.ignore_index' \\(3\\) is a class id"),
+        (["data.class_names=[a, b]"], 11, "has 2 names for 11 classes"),
+        (["train.class_weights=[1.0, 2.0]"], 11, "has 2 values for 11 classes"),
+        (["train.class_weights=inverse"], None, "expected median_freq, enet"),
+        (["data.crop_size=[0, 10]"], None, "data.crop_size"),
+        (["data.scale_range=[2.0, 0.5]"], None, "data.scale_range"),
+        (["train.batch_size=0"], None, "train.batch_size"),
+        (["train.freeze_encoder_epochs=10", "train.epochs=5"], None, "freeze_encoder_epochs"),
+    ],
+)
+def test_validate_rejects_disagreeing_settings(overrides, num_classes, message):
+    cfg = load_config(None, overrides)
+    with pytest.raises(SemsegError, match=message):
+        validate(cfg, num_classes)
+
+
+def test_defaults_validate_and_required_keys_exist():
+    validate(RunConfig(), 11)
+    keys = set(valid_keys())
+    for key in ("model.name", "model.pretrained", "data.format", "data.root", "data.crop_size",
+                "train.epochs", "train.batch_size", "train.seed"):
+        assert key in keys
