@@ -1,0 +1,219 @@
+"""The segmentation dataset: (image, mask) pairs of any format, decoded in DataLoader workers.
+
+``build_dataset(cfg, split, transform)`` finds the pairs (:mod:`semseg.data.layouts`),
+decodes masks through the one lookup table (:mod:`semseg.data.masks`) and hands
+``(image, mask)`` to the joint transform (:mod:`semseg.data.transforms`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+
+from semseg.config import DataConfig
+from semseg.data.formats import FORMATS, default_palette
+from semseg.data.layouts import Listing, find_samples
+from semseg.data.masks import MaskDecoder, mask_decoder
+from semseg.errors import SemsegError
+from semseg.io import read_image
+
+# A bad sample is replaced by the next one; this many bad ones in a row stop the run.
+MAX_CONSECUTIVE_BAD = 16
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    num_classes: int
+    class_names: list[str]
+    palette: list[list[int]]
+    ignore_index: int
+
+
+def dataset_info(cfg: DataConfig) -> DatasetInfo:
+    """Classes, names and palette of ``cfg``'s dataset (built-in table, or the config for ``folder``)."""
+    if cfg.format in FORMATS:
+        fmt = FORMATS[cfg.format]
+        num_classes, names, palette = fmt.num_classes, list(fmt.class_names), [list(c) for c in fmt.palette]
+    elif cfg.format == "folder":
+        if cfg.num_classes is None:
+            raise SemsegError("config key 'data.num_classes' is required for format 'folder' (the number of classes)")
+        num_classes = cfg.num_classes
+        if num_classes < 1:
+            raise SemsegError(f"config key 'data.num_classes' must be >= 1, got {num_classes}")
+        names = [f"class_{i}" for i in range(num_classes)]
+        palette = default_palette(num_classes)
+    else:
+        raise SemsegError(
+            f"config key 'data.format': unknown format {cfg.format!r}; expected one of {', '.join([*FORMATS, 'folder'])}"
+        )
+    # names and colours given in the config win (e.g. for visualisations of a built-in format)
+    if cfg.class_names is not None:
+        if len(cfg.class_names) != num_classes:
+            raise SemsegError(f"config key 'data.class_names' has {len(cfg.class_names)} names for {num_classes} classes")
+        names = [str(n) for n in cfg.class_names]
+    if cfg.palette is not None:
+        if len(cfg.palette) < num_classes:
+            raise SemsegError(f"config key 'data.palette' has {len(cfg.palette)} colours for {num_classes} classes")
+        palette = [list(c) for c in cfg.palette[:num_classes]]
+    if 0 <= cfg.ignore_index < num_classes:
+        raise SemsegError(f"config key 'data.ignore_index' ({cfg.ignore_index}) is a class id ({num_classes} classes)")
+    return DatasetInfo(cfg.format, num_classes, names, palette, cfg.ignore_index)
+
+
+class SegDataset(Dataset):
+    """Pairs of (image file, mask file). ``dataset[i]`` -> ``transform(image, mask)``.
+
+    Without a transform: image uint8 ``tv_tensors.Image`` [3, H, W] and mask int64
+    ``tv_tensors.Mask`` [H, W] holding class ids and ``info.ignore_index``.
+    """
+
+    def __init__(
+        self,
+        samples: list[tuple[Path, Path]],
+        info: DatasetInfo,
+        decoder: MaskDecoder,
+        transform: Callable | None = None,
+        skip_bad_samples: bool = False,
+    ) -> None:
+        self.samples = samples
+        self.info = info
+        self.decoder = decoder
+        self.transform = transform
+        self.skip_bad_samples = skip_bad_samples
+        # shared with DataLoader workers (inherited at their start), so the count is the run's total
+        self._skipped = multiprocessing.Value("l", 0)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def skipped(self) -> int:
+        """How many bad samples were skipped so far (in this process and its DataLoader workers)."""
+        return int(self._skipped.value)
+
+    def read_image(self, index: int) -> np.ndarray:
+        """The decoded image, uint8 [H, W, 3]."""
+        return read_image(self.samples[index][0])
+
+    def read_mask(self, index: int) -> np.ndarray:
+        """The decoded mask (lookup table applied, no transform), int64 [H, W]."""
+        return self.decoder.read(self.samples[index][1])
+
+    def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image uint8 [H, W, 3] and mask int64 [H, W] of one sample, checked to be the same size."""
+        image, mask = self.read_image(index), self.read_mask(index)
+        check_same_size(image, mask, *self.samples[index])
+        return image, mask
+
+    def _read_or_skip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``read_pair(index)``; with skip_bad_samples, a bad sample is counted and the next one read."""
+        for attempt in range(MAX_CONSECUTIVE_BAD):
+            try:
+                return self.read_pair((index + attempt) % len(self))
+            except SemsegError as exc:
+                if not self.skip_bad_samples:
+                    raise
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                warnings.warn(f"skipping bad sample: {exc}", stacklevel=3)
+                last_error = exc
+        raise SemsegError(f"{MAX_CONSECUTIVE_BAD} bad samples in a row from index {index} on; the last: {last_error}")
+
+    def __getitem__(self, index: int) -> Any:
+        image, mask = self._read_or_skip(index)
+        # HWC -> CHW as a view: resize kernels are fastest on this channels-last layout
+        image_chw = torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1)
+        sample = tv_tensors.Image(image_chw), tv_tensors.Mask(torch.from_numpy(mask))
+        return self.transform(*sample) if self.transform is not None else sample
+
+
+def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
+    if image.shape[:2] != mask.shape[:2]:
+        raise SemsegError(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} "
+            f"is {image.shape[1]}x{image.shape[0]} (width x height)"
+        )
+
+
+def raise_on_problems(listing: Listing, cfg: DataConfig, split: str) -> None:
+    if not listing.problems:
+        return
+    shown = "\n".join(f"  {path}: {message}" for path, message in listing.problems[:10])
+    more = f"\n  ... and {len(listing.problems) - 10} more" if len(listing.problems) > 10 else ""
+    raise SemsegError(
+        f"{cfg.root}: {len(listing.problems)} problem(s) in the {split} split:\n{shown}{more}\n"
+        f"(`semseg data check --format {cfg.format} --root {cfg.root} --split {split}` lists them all)"
+    )
+
+
+def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None) -> SegDataset:
+    """The dataset of ``split`` (a split name such as ``cfg.train_split``) described by ``cfg``."""
+    info = dataset_info(cfg)
+    decoder = mask_decoder(cfg, info.num_classes)
+    listing = find_samples(cfg.format, cfg.root, split)
+    raise_on_problems(listing, cfg, split)
+    return SegDataset(listing.pairs, info, decoder, transform, cfg.skip_bad_samples)
+
+
+# ---------------------------------------------------------------- class statistics
+def mask_counts(mask: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    """Pixels per class of one decoded mask, int64 [num_classes + 1]; the last entry counts ignored pixels."""
+    counts = np.bincount(mask.ravel(), minlength=max(num_classes, ignore_index + 1))
+    return np.append(counts[:num_classes], counts[ignore_index])
+
+
+def accumulate_counts(per_image: list[np.ndarray], num_classes: int) -> dict[str, Any]:
+    """Totals over images from :func:`mask_counts` rows (see :func:`class_statistics`)."""
+    rows = np.stack(per_image) if per_image else np.zeros((0, num_classes + 1), dtype=np.int64)
+    class_rows, ignored = rows[:, :num_classes], rows[:, num_classes]
+    present = class_rows > 0
+    # SegNet's median frequency balancing divides by the pixels of the images in which the class appears
+    image_pixels = rows.sum(axis=1, keepdims=True)
+    return {
+        "num_images": len(per_image),
+        "class_pixels": class_rows.sum(axis=0).tolist(),
+        "present_pixels": (present * image_pixels).sum(axis=0).tolist(),
+        "image_counts": present.sum(axis=0).tolist(),
+        "ignored_pixels": int(ignored.sum()),
+    }
+
+
+class _MaskCounts(Dataset):
+    def __init__(self, dataset: SegDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        info = self.dataset.info
+        return mask_counts(self.dataset.read_mask(index), info.num_classes, info.ignore_index)
+
+
+def parallel_map(dataset: Dataset, workers: int) -> list[Any]:
+    """``[dataset[i] for i in range(len(dataset))]`` computed in DataLoader worker processes."""
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity)
+    return list(loader)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def class_statistics(dataset: SegDataset, workers: int = 0) -> dict[str, Any]:
+    """Class frequencies of the decoded masks (no transform), read in ``workers`` processes.
+
+    Returns ``class_pixels`` (pixels per class), ``present_pixels`` (per class, all
+    pixels of the images that contain it: SegNet median-frequency weights),
+    ``image_counts`` (images containing each class), ``ignored_pixels``, ``num_images``.
+    """
+    return accumulate_counts(parallel_map(_MaskCounts(dataset), workers), dataset.info.num_classes)
