@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as F
 
 from semseg.config import DataConfig
 from semseg.data import eval_transform, train_transform
-from semseg.data.transforms import CatMaxRatioCrop, RandomScale
+from semseg.data.transforms import CatMaxRatioCrop, RandomHue, RandomScale
 
 IGNORE = 255
 
@@ -58,6 +58,20 @@ def test_colour_transforms_leave_the_mask_alone():
     image, mask = sample(stripes())
     out_image, out_mask = v2.ColorJitter(0.5, 0.5, 0.5, 0.1)(image, mask)
     assert torch.equal(out_mask, mask) and not torch.equal(out_image, image)
+
+
+@pytest.mark.parametrize("factor", [-0.1, 0.03, 0.1])
+def test_random_hue_through_pil_matches_torchvision_tensor_kernel(factor):
+    image = sample(stripes(), seed=1)[0]
+    channels_last = tv_tensors.Image(image.permute(1, 2, 0).contiguous().permute(2, 0, 1))
+    expected = F.adjust_hue(image.as_subclass(torch.Tensor), factor).int()
+    for inpt in (image, channels_last):
+        out = RandomHue(0.1).transform(inpt, {"factor": factor})
+        assert isinstance(out, tv_tensors.Image) and out.dtype == torch.uint8
+        # both are HSV round trips; PIL rounds hue to 1/256 of the circle
+        assert (out.int() - expected).abs().float().mean() < 2.0  # of 255 levels; 1.2 on this noise
+    float_image = image.float() / 255
+    assert torch.equal(RandomHue(0.1).transform(float_image, {"factor": factor}), F.adjust_hue(float_image, factor))
 
 
 # ---------------------------------------------------------------- presets
