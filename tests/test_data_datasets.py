@@ -313,8 +313,12 @@ def test_data_check_folder_with_config_and_overrides(tmp_path, capsys):
     # missing num_classes names the key
     assert main(["data", "check", "--root", str(tmp_path / "d"), "--split", "val"]) == 2
     assert "data.num_classes' is required" in capsys.readouterr().err
-    assert main(["data", "check", "--config", str(config), "--split", "val"]) == 1
+    report_path = tmp_path / "r.json"
+    assert main(["data", "check", "--config", str(config), "--split", "val", "--json", str(report_path)]) == 1
     assert "label values 7 (1 px)" in capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert (report["num_images"], report["num_counted"], report["suggested_weights"]) == (1, 0, {"median_freq": [], "enet": []})
+    assert report["warnings"] == []  # no "class has no pixels" noise when nothing could be counted
     assert main(["data", "check", "--config", str(config), "--split", "val", "label_map={0: 0, 1: 1, 7: 255}"]) == 0
     assert main(["data", "check", "--root", str(tmp_path / "d"), "--split", "val", "num_classes=8"]) == 0
 

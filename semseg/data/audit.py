@@ -10,9 +10,7 @@ weights, and names every bad file.
 from __future__ import annotations
 
 import json
-import math
 import os
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +30,10 @@ from semseg.data.layouts import find_samples
 from semseg.data.masks import mask_decoder
 from semseg.errors import SemsegError
 from semseg.io import write_text_atomic
+from semseg.losses import enet_weights, median_frequency_weights
 
 # below this many samples, starting worker processes costs more than it saves
 MIN_SAMPLES_FOR_WORKERS = 32
-
-
-def median_frequency_weights(class_pixels: list[int], present_pixels: list[int]) -> list[float]:
-    """SegNet / Eigen & Fergus median frequency balancing: ``median(freq) / freq[c]`` with
-    ``freq[c] = class_pixels[c] / present_pixels[c]``. A class with no pixels gets 0."""
-    freq = [c / p if c > 0 else 0.0 for c, p in zip(class_pixels, present_pixels)]
-    seen = [f for f in freq if f > 0]
-    if not seen:
-        return [0.0] * len(freq)
-    median = statistics.median(seen)
-    return [median / f if f > 0 else 0.0 for f in freq]
-
-
-def enet_weights(class_pixels: list[int], c: float = 1.02) -> list[float]:
-    """ENet (Paszke et al. 2016) weights ``1 / ln(c + p[c])``, p the share of labelled pixels."""
-    total = sum(class_pixels)
-    return [1.0 / math.log(c + (n / total if total else 0.0)) for n in class_pixels]
 
 
 def _error(path: Path, exc: SemsegError) -> dict[str, str]:
@@ -93,6 +75,16 @@ class _AuditSample(Dataset):
         return errors, mask_counts(mask, info.num_classes, info.ignore_index)
 
 
+def _suggested_weights(class_pixels: list[int], present_pixels: list[int]) -> dict[str, list[float]]:
+    """{"median_freq": [...], "enet": [...]} per class; empty lists when no pixel was counted."""
+    if not any(class_pixels):
+        return {"median_freq": [], "enet": []}
+    return {
+        "median_freq": median_frequency_weights(class_pixels, present_pixels).tolist(),
+        "enet": enet_weights(class_pixels).tolist(),
+    }
+
+
 def check_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> dict[str, Any]:
     """Audit ``split`` of ``cfg``'s dataset. Decodes in ``workers`` processes (default ``cfg.workers``).
 
@@ -111,7 +103,7 @@ def check_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> di
     errors += [error for sample_errors, _ in results for error in sample_errors]
     stats = accumulate_counts([counts for _, counts in results if counts is not None], info.num_classes)
     counted = stats.pop("num_images")
-    absent = [name for name, n in zip(info.class_names, stats["class_pixels"]) if n == 0]
+    absent = [name for name, n in zip(info.class_names, stats["class_pixels"]) if n == 0 and counted]
     return {
         "format": cfg.format,
         "root": str(cfg.root),
@@ -122,10 +114,7 @@ def check_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> di
         "class_names": info.class_names,
         "ignore_index": info.ignore_index,
         **stats,
-        "suggested_weights": {
-            "median_freq": median_frequency_weights(stats["class_pixels"], stats["present_pixels"]),
-            "enet": enet_weights(stats["class_pixels"]),
-        },
+        "suggested_weights": _suggested_weights(stats["class_pixels"], stats["present_pixels"]),
         "warnings": [f"class {name!r} has no pixels in this split" for name in absent],
         "errors": errors,
     }
@@ -146,8 +135,8 @@ def format_report(report: dict[str, Any]) -> str:
     for i, name in enumerate(report["class_names"]):
         pixels = report["class_pixels"][i]
         lines.append(
-            f"{i:>4}  {name:<{width}}  {pixels:>14,}  {share(pixels):>6.2f}  {report['image_counts'][i]:>7}  "
-            f"{weights['median_freq'][i]:>11.4f}  {weights['enet'][i]:>7.3f}"
+            f"{i:>4}  {name:<{width}}  {pixels:>14,}  {share(pixels):>6.2f}  {report['image_counts'][i]:>7}"
+            + (f"  {weights['median_freq'][i]:>11.4f}  {weights['enet'][i]:>7.3f}" if weights["enet"] else "")
         )
     ignored = report["ignored_pixels"]
     lines.append(f"{report['ignore_index']:>4}  {'ignored':<{width}}  {ignored:>14,}  {share(ignored):>6.2f}")
