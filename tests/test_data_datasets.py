@@ -231,11 +231,22 @@ def test_skip_bad_samples_warns_counts_and_reads_the_next(bad_camvid):
     assert dataset.skipped == 4  # f1..f4, then f5
     assert torch.equal(mask, torch.where(torch.eye(6, 8) > 0, 255, 5))
     # the counter is shared with DataLoader workers
+    assert skips_in_workers(dataset, "fork") == 4 + 3 + 2 + 1  # reading from f1, f2, f3 and f4
+
+
+def skips_in_workers(dataset, context: str) -> int:
+    before = dataset.skipped
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        batches = list(DataLoader(dataset, batch_size=2, num_workers=2))
+        batches = list(DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context=context))
     assert len(batches) == 3
-    assert dataset.skipped == 4 + 4 + 3 + 2 + 1
+    return dataset.skipped - before
+
+
+@pytest.mark.slow
+def test_skip_counter_is_shared_with_spawned_workers(bad_camvid):
+    dataset = build_dataset(DataConfig(format="camvid", root=str(bad_camvid), skip_bad_samples=True), "train")
+    assert skips_in_workers(dataset, "spawn") == 4 + 3 + 2 + 1
 
 
 def test_too_many_bad_samples_in_a_row_stop(tmp_path):

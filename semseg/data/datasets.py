@@ -7,7 +7,6 @@ decodes masks through the one lookup table (:mod:`semseg.data.masks`) and hands
 
 from __future__ import annotations
 
-import multiprocessing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import tv_tensors
 
 from semseg.config import DataConfig
@@ -27,6 +26,7 @@ from semseg.io import read_image
 
 # A bad sample is replaced by the next one; this many bad ones in a row stop the run.
 MAX_CONSECUTIVE_BAD = 16
+MAX_WORKER_SLOTS = 64
 
 
 @dataclass
@@ -89,8 +89,10 @@ class SegDataset(Dataset):
         self.decoder = decoder
         self.transform = transform
         self.skip_bad_samples = skip_bad_samples
-        # shared with DataLoader workers (inherited at their start), so the count is the run's total
-        self._skipped = multiprocessing.Value("l", 0)
+        # Skip counts in shared memory, one slot per DataLoader worker (the last for the main
+        # process), so that no two processes add to one slot and `skipped` is the run's total.
+        # A multiprocessing.Value would need a lock that cannot be pickled (spawn, deepcopy).
+        self._skips = torch.zeros(MAX_WORKER_SLOTS + 1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -98,7 +100,7 @@ class SegDataset(Dataset):
     @property
     def skipped(self) -> int:
         """How many bad samples were skipped so far (in this process and its DataLoader workers)."""
-        return int(self._skipped.value)
+        return int(self._skips.sum())
 
     def read_image(self, index: int) -> np.ndarray:
         """The decoded image, uint8 [H, W, 3]."""
@@ -122,8 +124,8 @@ class SegDataset(Dataset):
             except SemsegError as exc:
                 if not self.skip_bad_samples:
                     raise
-                with self._skipped.get_lock():
-                    self._skipped.value += 1
+                worker = get_worker_info()
+                self._skips[worker.id % MAX_WORKER_SLOTS if worker is not None else MAX_WORKER_SLOTS] += 1
                 warnings.warn(f"skipping bad sample: {exc}", stacklevel=3)
                 last_error = exc
         raise SemsegError(f"{MAX_CONSECUTIVE_BAD} bad samples in a row from index {index} on; the last: {last_error}")
