@@ -142,10 +142,33 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- predict / export
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None, metavar="FILE", help="a semseg checkpoint")
+    p.add_argument("--model", default=None, metavar="NAME", help="a zoo architecture, with --weights and --num-classes")
+    p.add_argument("--weights", default=None, metavar="FILE", help="a raw state dict for --model (e.g. torchvision's .pth)")
+    p.add_argument("--num-classes", type=int, default=None, metavar="N")
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict label maps for images, folders or globs")
-    p.add_argument("sources", nargs="+", metavar="SOURCE")
-    p.add_argument("--out", required=True)
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders and glob patterns")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/labels, DIR/overlays (and confidence, probs)")
+    _add_model_source(p)
+    p.add_argument("--onnx", default=None, metavar="FILE", help="an exported model, run with ONNX Runtime")
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="run the model at this size")
+    p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="slide mode tile size")
+    p.add_argument("--stride", type=int, nargs=2, default=None, metavar=("H", "W"), help="slide mode step (default 2/3 crop)")
+    p.add_argument("--blend", choices=["uniform", "gaussian"], default="uniform", help="slide mode tile weights")
+    p.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation")
+    p.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.25], help="TTA scales")
+    p.add_argument("--no-flip", action="store_true", help="TTA without the mirrored views")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--batch-size", type=int, default=4, help="images (whole) or tiles (slide) per forward pass")
+    p.add_argument("--workers", type=int, default=1, help="image-decoding processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--confidence", action="store_true", help="also write DIR/confidence/<name>.png (max probability)")
+    p.add_argument("--probs", action="store_true", help="also write DIR/probs/<name>.npy (float32 [C, H, W])")
     p.set_defaults(handler=_run_predict)
 
 
@@ -157,7 +180,12 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX and check its outputs against PyTorch")
-    p.add_argument("--out", required=True)
+    _add_model_source(p)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, metavar="FILE.onnx")
+    p.add_argument("--dynamic", action="store_true", help="accept any height and width (else only --size)")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="export (and check) size")
+    p.add_argument("--opset", type=int, default=17)
     p.set_defaults(handler=_run_export)
 
 

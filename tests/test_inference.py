@@ -1,0 +1,342 @@
+"""Prediction: the pure functions, the Predictor, and ``semseg predict`` end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+
+from semseg import inference
+from semseg.errors import SemsegError
+from semseg.inference import (
+    Predictor,
+    blend_weights,
+    normalize,
+    predict_whole,
+    resize_back,
+    slide_window,
+    tile_grid,
+    tta,
+)
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@dataclass
+class ToyCfg:
+    num_classes: int = 4
+    class_names: list = field(default_factory=lambda: ["a", "b", "c", "d"])
+    palette: list = field(default_factory=lambda: [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]])
+    mean: list = field(default_factory=lambda: list(MEAN))
+    std: list = field(default_factory=lambda: list(STD))
+    ignore_index: int = 255
+    input_size: tuple = (32, 32)
+
+
+class ToySeg(nn.Module):
+    """A tiny model honouring the SegModel contract: pads to its stride inside, logits at the input size."""
+
+    size_divisor = 4
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, num_classes, 1)
+        with torch.no_grad():  # spread the logits so that every class wins somewhere
+            self.head.weight.mul_(4)
+            self.head.bias.zero_()
+        self.pretrained_cfg = ToyCfg(num_classes=num_classes)
+        self.model_name = "toy"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h, pad_w = (-height) % self.size_divisor, (-width) % self.size_divisor
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+        y = self.head(torch.relu(self.bn(self.down(torch.relu(self.conv(x))))))
+        y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return y[..., :height, :width]
+
+
+class MirrorToy(nn.Module):
+    """Mirror-symmetric 3x3 kernels and no stride: the model commutes with a horizontal flip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_((self.conv.weight + self.conv.weight.flip(-1)) / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def plain_recipe(model: nn.Module, image: Image.Image) -> np.ndarray:
+    """The torchvision way, image by image: PIL, ToTensor, Normalize, model, argmax."""
+    x = transforms.Normalize(MEAN, STD)(transforms.ToTensor()(image))
+    with torch.no_grad():
+        return model(x[None]).argmax(1)[0].numpy()
+
+
+# ------------------------------------------------------------------ pure functions
+def test_tile_grid_covers_the_image_with_equal_tiles():
+    tiles = tile_grid((50, 70), (32, 32), (20, 20))
+    assert {(y2 - y1, x2 - x1) for y1, y2, x1, x2 in tiles} == {(32, 32)}
+    covered = np.zeros((50, 70), bool)
+    for y1, y2, x1, x2 in tiles:
+        covered[y1:y2, x1:x2] = True
+    assert covered.all()
+    assert tile_grid((20, 30), (64, 64), (32, 32)) == [(0, 20, 0, 30)]  # crop clipped to the image
+
+
+def full_buffer_reference(model, image, crop, stride, weights):
+    """Slide window the obvious way: one [C, H, W] accumulator."""
+    height, width = image.shape[-2:]
+    acc, norm = None, torch.zeros(height, width)
+    for y1, y2, x1, x2 in tile_grid((height, width), crop, stride):
+        probs = model(image[None, :, y1:y2, x1:x2]).softmax(1)[0]
+        acc = torch.zeros(probs.shape[0], height, width) if acc is None else acc
+        w = blend_weights((y2 - y1, x2 - x1), weights)
+        acc[:, y1:y2, x1:x2] += probs * w
+        norm[y1:y2, x1:x2] += w
+    return acc / norm
+
+
+@pytest.mark.parametrize("weights", ["uniform", "gaussian"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_slide_window_bands_equal_a_full_buffer(weights, batch_size):
+    model = ToySeg().eval()
+    image = normalize(torch.from_numpy(rgb(45, 61)).permute(2, 0, 1), MEAN, STD)
+    with torch.no_grad():
+        got = slide_window(model, image, (16, 24), (10, 13), 4, batch_size, weights)
+        want = full_buffer_reference(model, image, (16, 24), (10, 13), weights)
+    assert got.shape == (4, 45, 61)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_slide_equals_whole_when_one_crop_covers_the_image():
+    model = ToySeg()
+    image = rgb(37, 53)
+    whole = Predictor(model, mode="whole", precision="fp32").predict(image, probs=True)
+    slide = Predictor(model, mode="slide", crop=(64, 64), stride=(32, 32), precision="fp32").predict(image, probs=True)
+    np.testing.assert_array_equal(slide.labels, whole.labels)
+    np.testing.assert_allclose(slide.probs, whole.probs, rtol=1e-6, atol=1e-7)
+
+
+def test_gaussian_weights_peak_in_the_middle_and_stay_positive():
+    w = blend_weights((17, 33), "gaussian")
+    assert w.shape == (17, 33) and w.min() > 0
+    assert w[8, 16] == w.max() and w[0, 0] < w[8, 16] / 100
+
+
+def test_resize_back_resizes_scores_not_ids():
+    # two classes; class 1 wins right of a boundary at x = 2.7 (coarse grid of 4 columns)
+    ramp = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 3, 4)
+    logits = torch.cat([torch.full_like(ramp, 2.7), ramp], 1)
+    labels = resize_back(logits, (3, 16)).argmax(1)[0]
+    nearest_ids = F.interpolate(logits.argmax(1, keepdim=True).float(), size=(3, 16), mode="nearest")[0, 0]
+    # bilinear logits put the boundary near x = 2.7 * 4 + 1.5 = 12.3: columns 13.. are class 1
+    assert labels[0].tolist() == [0] * 13 + [1] * 3
+    assert not torch.equal(labels.float(), nearest_ids)
+
+
+def test_predictor_with_size_resizes_logits_back_before_the_argmax():
+    model = ToySeg()
+    image = np.asarray(Image.fromarray(rgb(8, 12)).resize((59, 41), Image.BILINEAR))  # smooth regions
+    got = Predictor(model, size=(20, 28), precision="fp32")(image)
+    x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None], MEAN, STD)
+    with torch.no_grad():
+        small = model(F.interpolate(x, size=(20, 28), mode="bilinear", antialias=True))
+        want = F.interpolate(small, size=(41, 59), mode="bilinear").argmax(1)[0].numpy()
+        ids_resized = F.interpolate(small.argmax(1, keepdim=True).float(), size=(41, 59), mode="nearest")[0, 0].numpy()
+    np.testing.assert_array_equal(got, want)
+    assert (got != ids_resized).any()
+
+
+def test_tta_flip_on_a_flip_equivariant_model_changes_nothing():
+    model = MirrorToy().eval()
+    x = normalize(torch.from_numpy(rgb(24, 40)).permute(2, 0, 1)[None], MEAN, STD)
+    with torch.no_grad():
+        assert torch.allclose(model(x.flip(-1)), model(x).flip(-1), atol=1e-5)  # the premise
+        probs = tta(lambda v: model(v).softmax(1), x, scales=(1.0,), flip=True)
+        torch.testing.assert_close(probs, model(x).softmax(1), rtol=1e-5, atol=1e-6)
+
+
+def test_tta_averages_scales_and_mirrored_views():
+    model = ToySeg().eval()
+    x = normalize(torch.from_numpy(rgb(24, 40)).permute(2, 0, 1)[None], MEAN, STD)
+    p = lambda v: model(v).softmax(1)  # noqa: E731
+    with torch.no_grad():
+        got = tta(p, x, scales=(0.5, 1.0), flip=True)
+        half = F.interpolate(x, size=(12, 20), mode="bilinear", antialias=True)
+        views = [p(x), p(x.flip(-1)).flip(-1), p(half), p(half.flip(-1)).flip(-1)]
+        want = sum(F.interpolate(v, size=(24, 40), mode="bilinear") for v in views) / 4
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_whole_keeps_the_input_size():
+    model = ToySeg().eval()
+    x = torch.randn(2, 3, 31, 45)
+    with torch.no_grad():
+        assert predict_whole(model, x).shape == (2, 4, 31, 45)
+        assert predict_whole(model, x, size=(16, 16)).shape == (2, 4, 31, 45)
+
+
+# ------------------------------------------------------------------ the predictor
+def test_fp32_reproduces_the_plain_recipe_exactly(tmp_path):
+    model = ToySeg().eval()
+    path = tmp_path / "frame.png"
+    Image.fromarray(rgb(45, 67, seed=3)).save(path)
+    want = plain_recipe(model, Image.open(path).convert("RGB"))
+    predictor = Predictor(model, precision="fp32")
+    np.testing.assert_array_equal(predictor(path), want)
+    np.testing.assert_array_equal(predictor(Image.open(path)), want)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"mode": "whole"},
+        {"mode": "whole", "size": (32, 48)},
+        {"mode": "slide", "crop": (16, 16), "stride": (11, 9)},
+        {"mode": "slide", "crop": (16, 16), "size": (40, 40)},
+        {"mode": "whole", "tta": True},
+        {"mode": "slide", "crop": (16, 16), "tta": True, "scales": (0.5, 1.0)},
+    ],
+)
+def test_outputs_are_at_the_original_size(settings):
+    predictor = Predictor(ToySeg(), **settings)
+    result = predictor.predict(rgb(37, 53), confidence=True, probs=True)
+    assert result.labels.shape == (37, 53) and result.labels.dtype == np.uint8
+    assert result.confidence.shape == (37, 53)
+    assert result.probs.shape == (4, 37, 53) and result.probs.dtype == np.float32
+    np.testing.assert_allclose(result.probs.sum(0), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(result.confidence, result.probs.max(0), rtol=1e-6)
+    assert result.labels.max() < 4
+
+
+def test_batches_of_mixed_sizes_match_single_images():
+    predictor = Predictor(ToySeg(), precision="fp32", batch_size=2)
+    images = [rgb(20, 30, 0), rgb(20, 30, 1), rgb(20, 30, 2), rgb(25, 30, 3)]
+    batched = predictor.predict_batch(images)
+    for image, result in zip(images, batched):
+        np.testing.assert_array_equal(result.labels, predictor(image))
+
+
+def test_normalization_comes_from_the_model():
+    model = ToySeg()
+    model.pretrained_cfg.mean, model.pretrained_cfg.std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    predictor = Predictor(model, precision="fp32")
+    image = rgb(16, 16)
+    x = transforms.Normalize([0.5] * 3, [0.25] * 3)(transforms.ToTensor()(Image.fromarray(image)))
+    np.testing.assert_allclose(predictor.predict_proba(image), model(x[None]).softmax(1)[0].detach().numpy(), rtol=1e-6)
+
+
+def test_auto_precision_agrees_with_fp32():
+    image = rgb(40, 56)
+    fp32 = Predictor(ToySeg(), precision="fp32").predict_proba(image)
+    auto = Predictor(ToySeg(), precision="auto").predict_proba(image)
+    np.testing.assert_allclose(auto, fp32, atol=2e-2 if inference.resolve_precision("auto", torch.device("cpu")) == "bf16" else 1e-5)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"mode": "slide", "crop": (16, 16), "stride": (20, 8)}, "larger than crop"),
+        ({"mode": "slide", "crop": (0, 16)}, "crop must be two positive integers"),
+        ({"mode": "slide", "crop": (16, -2)}, "crop must be two positive integers"),
+        ({"mode": "tiles"}, "unknown mode"),
+        ({"blend": "cosine"}, "unknown blend"),
+        ({"size": (10,)}, "size must be two positive integers"),
+        ({"tta": True, "scales": (0.0, 1.0)}, "scales must be positive"),
+        ({"batch_size": 0}, "batch size"),
+        ({"precision": "int4"}, "unknown precision"),
+        ({"device": "tpu"}, "unknown device"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(settings, message):
+    with pytest.raises(SemsegError, match=message):
+        Predictor(ToySeg(), **settings)
+
+
+def test_slide_without_crop_uses_the_model_input_size():
+    predictor = Predictor(ToySeg(), mode="slide")
+    assert predictor.crop == (32, 32) and predictor.stride == (22, 22)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        ("/no/such/image.png", "file not found"),
+        (np.zeros((8, 8), np.uint8), "uint8 \\[H, W, 3\\]"),
+        (np.zeros((8, 8, 3), np.float32), "uint8 \\[H, W, 3\\]"),
+        (42, "cannot predict on a int"),
+    ],
+)
+def test_bad_images_raise_clear_errors(image, message):
+    with pytest.raises(SemsegError, match=message):
+        Predictor(ToySeg())(image)
+
+
+def test_bands_released_in_small_pieces_equal_the_full_buffer(monkeypatch):
+    monkeypatch.setattr(inference, "BAND_ROWS", 5)
+    model = ToySeg().eval()
+    image = normalize(torch.from_numpy(rgb(70, 40)).permute(2, 0, 1), MEAN, STD)
+    with torch.no_grad():
+        bands = list(inference.slide_window_bands(model, image, (32, 24), (13, 16), 4, 2, "gaussian"))
+        want = full_buffer_reference(model, image, (32, 24), (13, 16), "gaussian")
+    assert max(band.shape[1] for _, band in bands) == 5
+    assert [top for top, _ in bands] == sorted(top for top, _ in bands)
+    torch.testing.assert_close(torch.cat([band for _, band in bands], 1), want, rtol=1e-5, atol=1e-6)
+
+
+def test_slide_window_checks_the_class_count():
+    with pytest.raises(SemsegError, match="4 output channels but 7 classes"):
+        slide_window(ToySeg().eval(), torch.randn(3, 20, 20), (16, 16), (8, 8), num_classes=7)
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from pathlib import Path
+import numpy as np, torch
+from torch import nn
+from semseg.inference import Predictor, write_outputs
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 19, 1))
+image = np.random.default_rng(0).integers(0, 256, (6000, 8000, 3), dtype=np.uint8)
+predictor = Predictor(model, mode="slide", crop=(512, 512), stride=(384, 384), batch_size=4)
+result = predictor.predict(image, confidence=True)
+write_outputs(Path(sys.argv[1]), "big", image, result, predictor.meta.palette)
+print(result.labels.shape, int(result.labels.max()), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_a_48_megapixel_image_predicts_within_2_gib(tmp_path):
+    """6000x8000, 19 classes, slide mode, full-size labels + confidence + overlay written: peak RSS < 2 GiB."""
+    run = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path)], capture_output=True, text=True, check=True)
+    top, peak_kib = run.stdout.split()[-2], int(run.stdout.split()[-1])
+    assert "(6000, 8000)" in run.stdout and int(top) < 19
+    assert peak_kib < 2 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+    with Image.open(tmp_path / "labels" / "big.png") as labels:
+        assert labels.size == (8000, 6000) and labels.mode == "P"
+    assert (tmp_path / "overlays" / "big.png").exists() and (tmp_path / "confidence" / "big.png").exists()
