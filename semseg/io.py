@@ -57,8 +57,13 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(img, dtype=np.int32)
     if img.mode in ("LA", "PA"):
         return np.asarray(img)[..., 0].astype(np.uint8)
+    if img.mode in ("RGB", "RGBA"):
+        # A common export mistake: an index mask saved as RGB with three equal channels.
+        rgb = np.asarray(img)[..., :3]
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
+            return np.ascontiguousarray(rgb[..., 0])
     raise SemsegError(
-        f"{path}: label map has mode {img.mode!r} with several channels; expected a "
+        f"{path}: label map has mode {img.mode!r} with differing colour channels; expected a "
         "single-channel index PNG or a palette PNG (colour masks need a palette to map colours to ids)"
     )
 

@@ -27,10 +27,18 @@ def test_sixteen_bit_labels_round_trip(tmp_path):
     assert np.array_equal(read_label_map(tmp_path / "l.png"), labels)
 
 
-def test_rgb_mask_is_refused_with_the_file_name(tmp_path):
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(SemsegError, match="rgb.png: label map has mode 'RGB'"):
+def test_colour_mask_is_refused_with_the_file_name(tmp_path):
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[0, 0] = [128, 64, 128]
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    with pytest.raises(SemsegError, match="rgb.png: label map has mode 'RGB' with differing colour channels"):
         read_label_map(tmp_path / "rgb.png")
+
+
+def test_grey_mask_saved_as_rgb_reads_as_indices(tmp_path):
+    labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    Image.fromarray(np.repeat(labels[..., None], 3, axis=2)).save(tmp_path / "grey_rgb.png")
+    assert np.array_equal(read_label_map(tmp_path / "grey_rgb.png"), labels)
 
 
 def test_corrupt_and_truncated_images_name_the_file(tmp_path):
