@@ -569,23 +569,22 @@ def load_torch_model(
     num_classes: int | None = None,
 ) -> nn.Module:
     """The model named on the command line: a checkpoint, a zoo name with a raw state dict, or the default model."""
-    from semseg.models import create_model, load_model, load_weights
-
     if model_name is None and (weights is not None or num_classes is not None):
         raise SemsegError("--weights and --num-classes go with --model NAME (or use --checkpoint FILE)")
     if checkpoint is not None and model_name is not None:
         raise SemsegError("give either --checkpoint FILE or --model NAME --weights FILE, not both")
-    if checkpoint is not None:
-        return load_model(checkpoint)
-    if model_name is not None:
-        if weights is None or num_classes is None:
-            raise SemsegError(f"--model {model_name} needs --weights FILE (a state dict) and --num-classes N")
-        if num_classes < 1:
-            raise SemsegError(f"--num-classes must be at least 1, got {num_classes}")
-        model = create_model(model_name, num_classes)
-        load_weights(model, weights)
-        return model
-    return load_model(default_model_path())
+    source = default_model_path() if checkpoint is None and model_name is None else checkpoint
+    from semseg.models import create_model, load_model, load_weights
+
+    if source is not None:
+        return load_model(source)
+    if weights is None or num_classes is None:
+        raise SemsegError(f"--model {model_name} needs --weights FILE (a state dict) and --num-classes N")
+    if num_classes < 1:
+        raise SemsegError(f"--num-classes must be at least 1, got {num_classes}")
+    model = create_model(model_name, num_classes)
+    load_weights(model, weights)
+    return model
 
 
 def resolve_sources(sources: Sequence[str]) -> list[Path]:
@@ -691,7 +690,7 @@ def predict_files(
     with tqdm(total=len(files), unit="img", disable=not sys.stderr.isatty()) as bar:
         for index, rgb, error in loader:
             if error is not None:
-                tqdm.write(f"semseg: skipped {files[index]}: {error}", file=sys.stderr)
+                tqdm.write(f"semseg: skipped {error}", file=sys.stderr)
                 failed.append(files[index])
                 bar.update(1)
                 continue
