@@ -1,0 +1,26 @@
+"""The model zoo: one :func:`create_model` over torchvision, segmentation_models_pytorch and FCN-8s.
+
+>>> model = create_model("unet_resnet18", num_classes=11)
+>>> logits = model(images)                    # float[N,3,H,W] -> float[N,11,H,W], any H, W
+>>> outputs = model.forward_aux(images)       # {"out": ..., "aux": ...} for training
+>>> list_models("deeplab*")
+
+See docs/models.md for the contract, the names and the weights.
+"""
+
+from semseg.models import fcn8s, smp_zoo, torchvision_zoo  # noqa: F401  (register the builders)
+from semseg.models.base import PretrainedCfg, SegModel
+from semseg.models.norms import convert_norm
+from semseg.models.registry import create_model, list_models, register_model
+from semseg.models.weights import load_model, load_weights
+
+__all__ = [
+    "PretrainedCfg",
+    "SegModel",
+    "convert_norm",
+    "create_model",
+    "list_models",
+    "load_model",
+    "load_weights",
+    "register_model",
+]

@@ -1,0 +1,120 @@
+"""torchvision's segmentation models, with their published COCO-VOC weights.
+
+FCN (Long et al., 2015, "Fully Convolutional Networks for Semantic
+Segmentation"), DeepLabV3 (Chen et al., 2017, "Rethinking Atrous Convolution
+for Semantic Image Segmentation") and LR-ASPP (Howard et al., 2019, "Searching
+for MobileNetV3"), as torchvision builds them. Their state dicts are
+torchvision's under ``net.``, so torchvision's own files load unchanged. They
+take any input size themselves (the logits are resized to the input), so they
+are not padded: ``size_divisor`` is 1 and the outputs are torchvision's, bit
+for bit.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import replace
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision.models.segmentation as tvseg
+from torch import Tensor, nn
+from torchvision.models import WeightsEnum
+
+from semseg.errors import SemsegError
+from semseg.models.base import SegModel
+from semseg.models.download import fetch, torch_hub_source
+from semseg.models.registry import register_model
+
+TORCHVISION_MODELS: dict[str, tuple[Callable[..., nn.Module], type[WeightsEnum]]] = {
+    "fcn_resnet50": (tvseg.fcn_resnet50, tvseg.FCN_ResNet50_Weights),
+    "fcn_resnet101": (tvseg.fcn_resnet101, tvseg.FCN_ResNet101_Weights),
+    "deeplabv3_resnet50": (tvseg.deeplabv3_resnet50, tvseg.DeepLabV3_ResNet50_Weights),
+    "deeplabv3_resnet101": (tvseg.deeplabv3_resnet101, tvseg.DeepLabV3_ResNet101_Weights),
+    "deeplabv3_mobilenet_v3_large": (tvseg.deeplabv3_mobilenet_v3_large, tvseg.DeepLabV3_MobileNet_V3_Large_Weights),
+    "lraspp_mobilenet_v3_large": (tvseg.lraspp_mobilenet_v3_large, tvseg.LRASPP_MobileNet_V3_Large_Weights),
+}
+
+
+def _resize_to(logits: Tensor, x: Tensor) -> Tensor:
+    return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class TorchvisionSegModel(SegModel):
+    """torchvision's forward, except that the aux head runs only when asked for (torchvision always runs it)."""
+
+    # a weights file without the aux head (or a model without one) loads: the head only serves training
+    optional_prefixes = ("net.aux_classifier.",)
+
+    def _logits(self, x: Tensor, with_aux: bool) -> dict[str, Tensor]:
+        features = self.net.backbone(x)
+        if isinstance(self.net, tvseg.LRASPP):
+            out = self.net.classifier(features)  # LR-ASPP fuses the "low" and "high" features itself
+        else:
+            out = self.net.classifier(features["out"])
+        outputs = {"out": _resize_to(out, x)}
+        if with_aux:
+            outputs["aux"] = _resize_to(self.net.aux_classifier(features["aux"]), x)
+        return outputs
+
+
+def _load_published(model: SegModel, weights: WeightsEnum) -> None:
+    """torchvision's COCO-VOC weights (21 classes); another class count keeps all but the heads' last layers."""
+    from semseg.data.formats import get_format
+    from semseg.models.weights import load_state
+
+    what = f"torchvision's {weights} weights"
+    state = fetch(
+        torch_hub_source(weights.url),
+        lambda: torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True, weights_only=True),
+        what,
+    )
+    load_state(model, state, source=what)
+    cfg = replace(model.pretrained_cfg, source=f"torchvision:{weights}")
+    voc = get_format("voc")
+    if cfg.num_classes == voc.num_classes:  # torchvision's categories are VOC's, in VOC's order
+        cfg = replace(cfg, class_names=list(voc.class_names), palette=[list(c) for c in voc.palette])
+    model.pretrained_cfg = cfg
+
+
+def build_torchvision(name: str, num_classes: int, pretrained: bool, aux_loss: bool | None,
+                      pretrained_backbone: bool) -> SegModel:
+    builder, weights = TORCHVISION_MODELS[name]
+    params = inspect.signature(builder).parameters
+    has_aux_head = "aux_loss" in params
+    if aux_loss and not has_aux_head:
+        raise SemsegError(f"model {name!r} has no auxiliary head: leave aux_loss out")
+    aux = has_aux_head if aux_loss is None else aux_loss
+    kwargs: dict[str, Any] = {"aux_loss": aux} if has_aux_head else {}
+
+    def make(backbone_weights: WeightsEnum | None) -> nn.Module:
+        return builder(weights=None, weights_backbone=backbone_weights, num_classes=num_classes, **kwargs)
+
+    if pretrained_backbone and not pretrained:
+        backbone_weights = params["weights_backbone"].default  # torchvision's ImageNet weights of that backbone
+        net = fetch(torch_hub_source(backbone_weights.url), lambda: make(backbone_weights),
+                    f"torchvision's {backbone_weights} backbone weights")
+    else:
+        net = make(None)
+    model = TorchvisionSegModel(net, num_classes, encoder_path="net.backbone", size_divisor=1, has_aux=aux)
+    if pretrained:
+        _load_published(model, weights.DEFAULT)
+    elif pretrained_backbone:
+        model.pretrained_cfg = replace(model.pretrained_cfg, source=f"torchvision:{params['weights_backbone'].default}")
+    return model
+
+
+def _torchvision_builder(name: str) -> Callable[..., SegModel]:
+    def build(num_classes: int, pretrained: bool = False, aux_loss: bool | None = None,
+              pretrained_backbone: bool = False) -> SegModel:
+        """torchvision model; ``aux_loss``: build the aux head (default: where torchvision has one);
+        ``pretrained_backbone``: torchvision's ImageNet weights for the backbone alone."""
+        return build_torchvision(name, num_classes, pretrained, aux_loss, pretrained_backbone)
+
+    build.__name__ = build.__qualname__ = name
+    return build
+
+
+for _name in TORCHVISION_MODELS:
+    register_model(_torchvision_builder(_name))
