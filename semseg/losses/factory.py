@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -100,10 +101,11 @@ def create_loss(
     itself, anything else a :class:`WeightedSum`.
     """
     terms = parse_spec(spec)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise SemsegError(f"create_loss: num_classes must be an integer >= 2 (softmax losses), got {num_classes!r}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral) or 0 <= ignore_index < num_classes:
         raise SemsegError(f"create_loss: ignore_index must be an integer that is not a class id (0..{num_classes - 1}), got {ignore_index!r}")
+    num_classes, ignore_index = int(num_classes), int(ignore_index)
     classes = [LOSSES[name] for _, name in terms]
     accepted = {option for cls in classes for option in loss_options(cls)}
     unknown = sorted(set(kwargs) - accepted)

@@ -20,7 +20,7 @@ import torch
 
 from semseg.errors import SemsegError
 from semseg.losses.base import ClassWeightedLoss
-from semseg.losses.functional import class_vector, number, pixel_weights, target_log_prob, weighted_mean
+from semseg.losses.functional import class_vector, number, pixel_nll, pixel_weights, weighted_mean
 
 # (1 - p)^gamma has an infinite derivative at p = 1 when gamma < 1: clamp 1 - p this far from 0
 _MIN_MISS = 1e-12
@@ -45,9 +45,9 @@ class FocalLoss(ClassWeightedLoss):
         self.gamma = number(gamma, "gamma", 0.0)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        log_prob = target_log_prob(logits, target, valid)
-        miss = (-torch.expm1(log_prob)).clamp_min(_MIN_MISS)  # 1 - p_t, accurate near p_t = 1
-        return weighted_mean(-log_prob * miss.pow(self.gamma), pixel_weights(target, valid, self.class_weights))
+        nll = pixel_nll(logits, target, self.ignore_index)  # -log p_t
+        miss = (-torch.expm1(-nll)).clamp_min(_MIN_MISS)  # 1 - p_t, accurate near p_t = 1
+        return weighted_mean(nll * miss.pow(self.gamma), pixel_weights(target, valid, self.class_weights))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, gamma={self.gamma}"

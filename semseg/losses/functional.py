@@ -1,9 +1,9 @@
-"""The math the losses share: masking ignored pixels, weighted means, option checks.
+"""The math the losses share: per-pixel terms, masking ignored pixels, weighted means, option checks.
 
-Every function takes float32 ``logits[N,C,H,W]``, a long ``target[N,H,W]`` and the
+The tensors are float32 ``logits[N,C,H,W]``, a long ``target[N,H,W]`` and the
 ``valid[N,H,W]`` mask of non-ignored pixels. Ignored pixels are masked with
-``torch.where`` or a multiplication by zero on finite values, so their logits get
-exactly zero gradient.
+``torch.where``, torch's ``ignore_index`` or a multiplication by zero on finite
+values, so their logits get exactly zero gradient.
 """
 
 from __future__ import annotations
@@ -13,26 +13,22 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from semseg.errors import SemsegError
 
 
-def safe_target(target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``target`` with ignored pixels set to class 0, so it can index a class axis."""
-    return torch.where(valid, target, 0)
-
-
-def target_log_prob(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[target]`` per pixel, ``float[N,H,W]``; 0 at ignored pixels."""
-    log_prob = logits.log_softmax(dim=1).gather(1, safe_target(target, valid).unsqueeze(1)).squeeze(1)
-    return torch.where(valid, log_prob, 0.0)
+def pixel_nll(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """``-log softmax(logits)[target]`` per pixel, ``float[N,H,W]``: torch's fused unweighted
+    cross-entropy, 0 with zero gradient at ignored pixels."""
+    return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
 
 
 def pixel_weights(target: torch.Tensor, valid: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
     """Weight of each pixel, ``float[N,H,W]``: its class's weight (1 without weights), 0 if ignored."""
     if class_weights is None:
         return valid.float()
-    return class_weights[safe_target(target, valid)] * valid
+    return class_weights[torch.where(valid, target, 0)] * valid  # class 0 stands in for ignored, then zeroed
 
 
 def safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from semseg.losses.base import ClassWeightedLoss
-from semseg.losses.functional import number, pixel_weights, target_log_prob, weighted_mean
+from semseg.losses.functional import number, pixel_nll, pixel_weights, weighted_mean
 
 
 class OhemCrossEntropyLoss(ClassWeightedLoss):
@@ -36,9 +36,9 @@ class OhemCrossEntropyLoss(ClassWeightedLoss):
         self.min_kept = number(min_kept, "min_kept", 0, integer=True)
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        log_prob = target_log_prob(logits, target, valid)
-        kept = self.hard_pixels(log_prob.detach().exp(), valid)
-        return weighted_mean(-log_prob, pixel_weights(target, valid, self.class_weights) * kept)
+        nll = pixel_nll(logits, target, self.ignore_index)
+        kept = self.hard_pixels(torch.exp(-nll.detach()), valid)
+        return weighted_mean(nll, pixel_weights(target, valid, self.class_weights) * kept)
 
     def hard_pixels(self, true_prob: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """``bool[N,H,W]``: valid pixels below ``thresh``, or the ``min_kept`` least confident ones."""
@@ -46,8 +46,9 @@ class OhemCrossEntropyLoss(ClassWeightedLoss):
         wanted = min(self.min_kept, int(valid.sum()))
         if int(hard.sum()) >= wanted:
             return hard
-        # kthvalue, not a full sort: a batch holds about a million pixels
-        cut = true_prob[valid].kthvalue(wanted).values
+        # kthvalue, not a full sort, over all pixels (no boolean-index copy): ignored ones
+        # score 2, above every probability, and wanted <= the valid count
+        cut = torch.where(valid, true_prob, 2.0).flatten().kthvalue(wanted).values
         return valid & (true_prob <= cut)
 
     def extra_repr(self) -> str:
