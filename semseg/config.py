@@ -174,6 +174,11 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise SemsegError(f"config key '{key}': expected a number, got {value!r}")
     if kind is str:
         if isinstance(value, str):

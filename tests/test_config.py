@@ -21,6 +21,14 @@ def test_yaml_sections_flat_keys_and_overrides(tmp_path):
     assert cfg.model.pretrained == "w.pth"
 
 
+def test_exponent_floats_without_a_dot(tmp_path):
+    # PyYAML reads 1e-4 as a string (YAML 1.1); a float key must still accept it
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  weight_decay: 1e-4\n")
+    cfg = load_config(path, ["train.lr=1e-9"])
+    assert (cfg.train.weight_decay, cfg.train.lr) == (1e-4, 1e-9)
+
+
 def test_saved_yaml_round_trips(tmp_path):
     cfg = load_config(None, ["train.epochs=7", "train.class_weights=[1.0, 2.0]", "train.clip_grad=1.5"])
     path = tmp_path / "config.yaml"

@@ -1,0 +1,246 @@
+"""Training engine: run folder, val agreement, exact resume after SIGKILL, DDP, schedules, safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semseg.checkpoint import load_checkpoint, save_checkpoint
+from semseg.cli import main
+from semseg.config import TrainConfig, load_config
+from semseg.engine.optim import build_optimizer, lr_factor
+from semseg.errors import SemsegError
+
+DEMO = Path(__file__).resolve().parents[1] / "semseg" / "assets" / "demo"
+
+# A fast, fully specified run on a tiny CamVid-layout sample (64x80 frames).
+FAST = [
+    "model.name=lraspp_mobilenet_v3_large",
+    "data.format=camvid",
+    "data.crop_size=[48,64]",
+    "data.scale_range=[0.75,1.25]",
+    "data.workers=0",
+    "train.batch_size=2",
+    "train.epochs=3",
+    "train.lr=0.01",
+    "train.precision=fp32",
+    "train.device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_camvid(tmp_path_factory) -> Path:
+    """4 train and 2 val frames of the demo sample, downscaled to 80x64."""
+    root = tmp_path_factory.mktemp("camvid")
+    for split, count in (("train", 4), ("val", 2)):
+        for folder, resample in ((split, Image.Resampling.BOX), (split + "annot", Image.Resampling.NEAREST)):
+            (root / folder).mkdir()
+            for path in sorted((DEMO / folder).glob("*.png"))[:count]:
+                with Image.open(path) as img:
+                    img.resize((80, 64), resample).save(root / folder / path.name)
+    return root
+
+
+def _train(run_dir: Path, root: Path, *extra: str) -> int:
+    return main(["train", "--run-dir", str(run_dir), f"data.root={root}", *FAST, *extra])
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_the_run_folder_and_val_agrees(tiny_camvid, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, tiny_camvid) == 0
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    lines = _metrics(run)
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    for key in ("epoch", "lr", "train_loss", "miou", "mean_acc", "mdice", "pixel_acc", "fwiou"):
+        assert key in lines[-1]
+    # a plain torch.load with weights_only=True reads every checkpoint
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 3 and state["config"]["train"]["epochs"] == 3
+    assert state["model_meta"]["class_names"][0] == "Sky"
+
+    # `semseg val` on best.pt gives exactly the number training logged for that epoch
+    best = torch.load(run / "best.pt", weights_only=True)
+    logged = next(line for line in lines if line["epoch"] == best["epoch"])
+    assert main(["val", "--checkpoint", str(run / "best.pt"), "--json", str(tmp_path / "val.json")]) == 0
+    scores = json.loads((tmp_path / "val.json").read_text())
+    assert scores["miou"] == logged["miou"]
+    assert scores["pixel_acc"] == logged["pixel_acc"]
+    assert "per_class" in scores and "confusion_matrix" in scores
+    assert "Sky" in capsys.readouterr().out  # the per-class table was printed
+
+
+def test_existing_run_is_not_overwritten(tiny_camvid, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"precious")
+    assert _train(run, tiny_camvid) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "last.pt").read_bytes() == b"precious"
+
+
+def _spawn_train(run_dir: Path, root: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "semseg", "train", "--run-dir", str(run_dir), f"data.root={root}", *FAST,
+            "train.epochs=4", "train.ema=true", "train.ema_decay=0.9", *extra]
+    # one thread each: two OpenMP pools spinning on two cores slow tiny ops down ~50x
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def test_resume_after_sigkill_is_exact(tiny_camvid, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = _spawn_train(whole, tiny_camvid)
+    victim = _spawn_train(killed, tiny_camvid)
+    # kill the second run mid-way through its second epoch (after its first last.pt landed)
+    deadline = time.monotonic() + 120
+    while not (killed / "last.pt").exists():
+        assert victim.poll() is None, victim.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert reference.wait() == 0, reference.stderr.read().decode()
+    assert torch.load(killed / "last.pt", weights_only=True)["epoch"] < 4
+
+    # resume with the same thread count as the reference: float sums depend on it
+    resumed = subprocess.run([sys.executable, "-m", "semseg", "train", "--resume", str(killed)],
+                             capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_checkpoint(whole / "last.pt")
+    b = load_checkpoint(killed / "last.pt")
+    for key in ("model", "train_model"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    strip = lambda lines: [{k: v for k, v in line.items() if k not in ("elapsed_s", "images_per_s", "train_time_s")} for line in lines]
+    assert strip(_metrics(whole)) == strip(_metrics(killed))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_camvid, tmp_path, monkeypatch, capsys):
+    import semseg.losses
+
+    real = semseg.losses.create_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+
+        class Poisoned(torch.nn.Module):
+            def forward(self, logits, target):
+                calls["n"] += 1
+                value = loss(logits, target)
+                return value * float("nan") if calls["n"] > 2 else value  # epoch 2 goes bad
+
+        return Poisoned()
+
+    monkeypatch.setattr(semseg.losses, "create_loss", poisoned)
+    run = tmp_path / "run"
+    assert _train(run, tiny_camvid) == 2
+    err = capsys.readouterr().err
+    assert "the loss became nan at epoch 2" in err and "last.pt (epoch 1)" in err
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+
+
+class Payload:
+    """Stands for any pickled object a malicious checkpoint could carry."""
+
+
+def test_pickled_checkpoint_is_refused(tmp_path, capsys):
+    torch.save({"format": "semseg-checkpoint", "model_name": "x", "model": {}, "evil": Payload()}, tmp_path / "bad.pt")
+    with pytest.raises(SemsegError, match="refused to load"):
+        load_checkpoint(tmp_path / "bad.pt")
+    assert main(["val", "--checkpoint", str(tmp_path / "bad.pt")]) == 2
+    assert "refused to load" in capsys.readouterr().err
+
+
+def test_wrong_dataset_for_the_model_is_caught_up_front(tiny_camvid, tmp_path, capsys):
+    assert _train(tmp_path / "run", tiny_camvid, "data.num_classes=5") == 2
+    assert "'data.num_classes' is 5 but the camvid dataset has 11" in capsys.readouterr().err
+
+
+def test_class_weights_from_the_training_set(tiny_camvid, tmp_path):
+    run = tmp_path / "run"
+    assert _train(run, tiny_camvid, "train.epochs=1", "train.class_weights=median_freq", "train.loss=ce+0.5*dice") == 0
+    weights = torch.load(run / "last.pt", weights_only=True)["class_weights"]
+    assert len(weights) == 11 and all(np.isfinite(weights))
+    assert max(weights) > 1 > min(w for w in weights if w > 0)  # rare classes up, frequent ones down
+
+
+def test_freeze_then_unfreeze_encoder(tiny_camvid, tmp_path):
+    run = tmp_path / "run"
+    assert _train(run, tiny_camvid, "train.epochs=2", "train.freeze_encoder_epochs=1", "train.val_every=2") == 0
+    # epoch 1 trained the head only; epoch 2 everything: check via the checkpoint history
+    assert [line["epoch"] for line in _metrics(run)] == [1, 2]
+
+
+def test_early_stopping(tiny_camvid, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, tiny_camvid, "train.epochs=10", "train.lr=1e-9", "train.early_stop_patience=1") == 0
+    assert len(_metrics(run)) < 10
+    assert "early stop" in capsys.readouterr().out
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(schedule="poly", poly_power=1.0, warmup_factor=0.1)
+    assert lr_factor(0, 100, 10, cfg) == pytest.approx(0.1)
+    assert lr_factor(5, 100, 10, cfg) == pytest.approx(0.55)
+    assert lr_factor(10, 100, 10, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, cfg) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, cfg) == pytest.approx(0.0)
+    cosine = TrainConfig(schedule="cosine")
+    assert lr_factor(50, 100, 0, cosine) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 0, cosine) == pytest.approx(0.0)
+
+
+def test_parameter_groups_skip_decay_on_norms_and_biases():
+    from semseg.models import create_model
+
+    model = create_model("lraspp_mobilenet_v3_large", num_classes=3)
+    optimizer = build_optimizer(model, TrainConfig(lr=0.1, weight_decay=1e-4, head_lr_mult=10))
+    encoder = {id(p) for p in model.encoder_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert group["weight_decay"] == (1e-4 if p.ndim > 1 else 0.0)
+            assert group["lr"] == pytest.approx(0.1 if id(p) in encoder else 1.0)
+    total = sum(len(g["params"]) for g in optimizer.param_groups)
+    assert total == len(list(model.parameters()))
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_ddp_two_processes_match_one(tiny_camvid, tmp_path):
+    # No random augmentation, GroupNorm (SyncBatchNorm needs CUDA), and no void pixels (each rank averages its loss over
+    # its own labelled pixels): then 2 processes x batch 1 == 1 process x batch 2.
+    root = tmp_path / "data"
+    shutil.copytree(tiny_camvid, root)
+    for mask in root.glob("*annot/*.png"):
+        labels = np.asarray(Image.open(mask))
+        Image.fromarray(np.where(labels == 11, 0, labels).astype(np.uint8)).save(mask)
+    same = ["data.scale_range=[1.0,1.0]", "data.crop_size=[64,80]", "data.hflip=false", "data.photometric=false",
+            "model.norm=gn", "train.epochs=2"]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for nproc, run in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        args = [torchrun, "--standalone", f"--nproc-per-node={nproc}", "-m", "semseg", "train", "--run-dir", str(run),
+                f"data.root={root}", *FAST, *same]
+        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    for a, b in zip(one, two):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["miou"] == pytest.approx(b["miou"], abs=1e-4)
