@@ -195,6 +195,16 @@ def test_early_stopping(tiny_camvid, tmp_path, capsys):
     assert "early stop" in capsys.readouterr().out
 
 
+def test_time_budget_stops_after_a_validated_epoch(tiny_camvid, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, tiny_camvid, "train.epochs=50", "train.val_every=10", "train.time_limit_minutes=0.001") == 0
+    lines = _metrics(run)
+    assert len(lines) == 1 and "miou" in lines[0]  # the final epoch is always validated
+    assert (run / "best.pt").is_file()
+    assert lines[0]["lr"] == 0.0  # the schedule follows the spent budget, so it ends decayed
+    assert "time budget of 0.001 min: stopping after epoch 1" in capsys.readouterr().out
+
+
 def test_lr_schedules():
     cfg = TrainConfig(schedule="poly", poly_power=1.0, warmup_factor=0.1)
     assert lr_factor(0, 100, 10, cfg) == pytest.approx(0.1)
@@ -205,6 +215,9 @@ def test_lr_schedules():
     cosine = TrainConfig(schedule="cosine")
     assert lr_factor(50, 100, 0, cosine) == pytest.approx(0.5)
     assert lr_factor(100, 100, 0, cosine) == pytest.approx(0.0)
+    # a time budget spent faster than the steps moves the schedule on
+    assert lr_factor(10, 100, 0, cfg, time_progress=0.5) == pytest.approx(0.5)
+    assert lr_factor(60, 100, 0, cfg, time_progress=0.5) == pytest.approx(0.4)
 
 
 def test_parameter_groups_skip_decay_on_norms_and_biases():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -43,12 +44,17 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base lr at iteration ``step``: linear warmup, then poly / cosine / constant."""
+def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig, time_progress: float = 0.0) -> float:
+    """Multiplier of the base lr at iteration ``step``: linear warmup, then poly / cosine / constant.
+
+    ``time_progress`` (the spent fraction of ``train.time_limit_minutes``) moves the
+    schedule on when the wall-clock budget runs out before the epochs do, so a
+    time-limited run still ends with a decayed learning rate.
+    """
     if step < warmup_steps:
         alpha = step / max(1, warmup_steps)
         return cfg.warmup_factor * (1 - alpha) + alpha
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    progress = min(1.0, max(time_progress, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
     if cfg.schedule == "poly":
         return (1 - progress) ** cfg.poly_power
     if cfg.schedule == "cosine":
@@ -57,9 +63,14 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig) 
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    time_progress: Callable[[], float] = lambda: 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR stepped once per optimizer step (not per epoch)."""
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cfg))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, cfg, time_progress())
+    )

@@ -138,6 +138,24 @@ class _TrainForward(nn.Module):
         return {"out": self.model(images)}
 
 
+class RunClock:
+    """Wall-clock time of a run across resumes, and the spent fraction of its budget."""
+
+    def __init__(self, limit_minutes: float | None, already_spent_s: float = 0.0) -> None:
+        self.limit_s = 60 * limit_minutes if limit_minutes else None
+        self.offset = already_spent_s
+        self.start = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.offset + time.monotonic() - self.start
+
+    def progress(self) -> float:
+        return self.elapsed() / self.limit_s if self.limit_s else 0.0
+
+    def room_for(self, seconds: float) -> bool:
+        return self.limit_s is None or self.elapsed() + seconds <= self.limit_s
+
+
 @dataclass
 class Trainer:
     """The objects of one run; ``fit`` drives them epoch by epoch."""
@@ -164,6 +182,7 @@ class Trainer:
     best_epoch: int = -1
     stale_validations: int = 0
     history: list[dict] = field(default_factory=list)
+    clock: "RunClock" = field(default_factory=lambda: RunClock(None))
 
     @property
     def eval_model(self) -> nn.Module:
@@ -393,7 +412,9 @@ def _setup(cfg: RunConfig, run_dir: Path, resume_state: dict | None) -> Trainer:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+    clock = RunClock(cfg.train.time_limit_minutes, resume_state["history"][-1]["elapsed_s"] if resume_state and resume_state.get("history") else 0.0)
     trainer = Trainer(
+        clock=clock,
         cfg=cfg,
         run_dir=run_dir,
         device=device,
@@ -403,7 +424,7 @@ def _setup(cfg: RunConfig, run_dir: Path, resume_state: dict | None) -> Trainer:
         model=model,
         criterion=criterion,
         optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.train, steps_per_epoch),
+        scheduler=build_scheduler(optimizer, cfg.train, steps_per_epoch, clock.progress),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         ema=ema,
         train_loader=train_loader,
@@ -468,7 +489,6 @@ def fit(cfg: RunConfig, run_dir: str | Path, resume_state: dict | None = None) -
         write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         _write_metrics_log(trainer)  # on resume: drop lines of epochs after the checkpoint
     writer = _tensorboard(run_dir) if is_main else None
-    start_time = time.monotonic()
     entry: dict[str, Any] = {}
     frozen = None
     forward = None
@@ -485,7 +505,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, resume_state: dict | None = None) -
 
             entry = {"epoch": trainer.epoch + 1, **train_one_epoch(trainer, forward)}
             trainer.epoch += 1
-            stop = _after_epoch(trainer, entry, start_time, writer)
+            stop = _after_epoch(trainer, entry, writer)
             if dist_utils.broadcast_flag(stop, trainer.device):
                 break
     finally:
@@ -495,12 +515,14 @@ def fit(cfg: RunConfig, run_dir: str | Path, resume_state: dict | None = None) -
     return entry
 
 
-def _after_epoch(trainer: Trainer, entry: dict[str, Any], start_time: float, writer: Any) -> bool:
-    """Validate, log, checkpoint. Returns whether to stop early."""
+def _after_epoch(trainer: Trainer, entry: dict[str, Any], writer: Any) -> bool:
+    """Validate, log, checkpoint. Returns whether to stop (early stopping, time budget)."""
     cfg = trainer.cfg.train
-    validated = trainer.val_loader is not None and (trainer.epoch % cfg.val_every == 0 or trainer.epoch == cfg.epochs)
+    # stop when another epoch of the same length would overrun the time budget
+    out_of_time = not trainer.clock.room_for(entry["train_time_s"] * 1.05)
+    last = trainer.epoch == cfg.epochs or out_of_time
     improved = False
-    if validated:
+    if trainer.val_loader is not None and (trainer.epoch % cfg.val_every == 0 or last):
         scores = _validate(trainer)
         entry.update({k: scores[k] for k in METRIC_KEYS})
         entry["per_class_iou"] = {name: v["iou"] for name, v in scores["per_class"].items()}
@@ -509,7 +531,7 @@ def _after_epoch(trainer: Trainer, entry: dict[str, Any], start_time: float, wri
             trainer.best_miou, trainer.best_epoch, trainer.stale_validations = scores["miou"], trainer.epoch, 0
         else:
             trainer.stale_validations += 1
-    entry["elapsed_s"] = time.monotonic() - start_time
+    entry["elapsed_s"] = trainer.clock.elapsed()
     trainer.history.append(entry)
     _log_epoch(trainer, entry)
     if trainer.dist.is_main:
@@ -522,14 +544,13 @@ def _after_epoch(trainer: Trainer, entry: dict[str, Any], start_time: float, wri
             for key, value in entry.items():
                 if isinstance(value, (int, float)) and key != "epoch":
                     writer.add_scalar(key, value, trainer.epoch)
-    stop = False
     if cfg.early_stop_patience and trainer.stale_validations >= cfg.early_stop_patience:
         print(f"early stop: no better val mIoU for {trainer.stale_validations} validations", flush=True)
-        stop = True
-    if cfg.time_limit_minutes and time.monotonic() - start_time > 60 * cfg.time_limit_minutes:
-        print(f"time limit of {cfg.time_limit_minutes} min reached after epoch {trainer.epoch}", flush=True)
-        stop = True
-    return stop
+        return True
+    if out_of_time and trainer.epoch < cfg.epochs:
+        print(f"time budget of {cfg.time_limit_minutes:g} min: stopping after epoch {trainer.epoch}", flush=True)
+        return True
+    return False
 
 
 # ------------------------------------------------------------------ commands
