@@ -97,7 +97,7 @@ def miou(pred: dict[str, np.ndarray], gt_dir: Path, num_classes: int, ignore_ind
     matrix = ConfusionMatrix(num_classes, ignore_index)
     for stem, labels in pred.items():
         matrix.update(labels, read_label_map(gt_dir / f"{stem}.png"))
-    return float(matrix.scores()["miou"])
+    return float(matrix.compute()["miou"])
 
 
 def prepare(work: Path, frames: Path, name: str, checkpoint: str | None, num_classes: int) -> Path | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -62,32 +63,101 @@ def export_onnx(
     """
     import onnx
 
-    name = getattr(model, "model_name", None)
+    name = getattr(model, "model_name", None) or type(model).__name__
     if name in NOT_EXPORTABLE:
         raise SemsegError(f"model {name} cannot be exported to ONNX: {NOT_EXPORTABLE[name]}")
+    if dynamic and (reason := fixed_size_only(model)):
+        raise SemsegError(f"model {name} cannot be exported with --dynamic: {reason}; export it for one --size H W")
     height, width = _pair(input_size, "input size")
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
-    buffer = io.BytesIO()
+    example = torch.randn(1, 3, height, width)
     try:
-        with torch.no_grad():
-            torch.onnx.export(
-                model,
-                (torch.randn(1, 3, height, width),),
-                buffer,
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-            )
+        graph = _export_torchscript(model, example, dynamic, opset)
     except Exception as exc:  # the exporter raises many types; the user needs the model name and the cause
-        raise SemsegError(f"model {name or type(model).__name__} could not be exported to ONNX: {exc}") from exc
-    graph = onnx.load_from_string(buffer.getvalue())
+        if dynamic:
+            raise SemsegError(f"model {name} could not be exported to ONNX: {_first_line(exc)}") from exc
+        try:  # torch.export sees fixed sizes where TorchScript traced them as values (e.g. PSPNet's pooling)
+            graph = _export_dynamo(model, example, opset)
+        except Exception as dynamo_exc:
+            raise SemsegError(
+                f"model {name} could not be exported to ONNX: {_first_line(exc)} (torch.export: {_first_line(dynamo_exc)})"
+            ) from dynamo_exc
     onnx.helper.set_model_props(graph, _metadata(model, (height, width), dynamic))
     path = Path(path)
     write_bytes_atomic(path, graph.SerializeToString())
     return path
+
+
+def fixed_size_only(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be exported for any input size, or None.
+
+    Adaptive pooling to a grid of several bins (PSPNet's pyramid pooling) has
+    kernel sizes that depend on the input size; ONNX has no operator for it, and
+    the exported graph would silently keep the sizes of the example input
+    (measured: 94% argmax agreement at another size). Pooling to one bin is a
+    plain mean and exports fine.
+    """
+    for module_name, module in model.named_modules():
+        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            size = module.output_size
+            bins = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+            if any(b not in (1, None) for b in bins):
+                grid = "x".join(str(b) for b in bins)
+                return f"its {module_name} pools to a fixed {grid} grid, which ONNX can only express for a fixed input size"
+    return None
+
+
+def _export_torchscript(model: nn.Module, example: Tensor, dynamic: bool, opset: int) -> Any:
+    import onnx
+
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # "might not generalize" warnings about shape-dependent Python code: the parity check
+        # (on another size too, for dynamic graphs) is what tells whether the graph generalizes
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _export_dynamo(model: nn.Module, example: Tensor, opset: int) -> Any:
+    """The torch.export-based exporter, for a fixed height and width; needs opset 18 or later.
+
+    The batch stays dynamic where the model allows it (``Dim.AUTO``); a model
+    whose code fixes it (UperNet's ConvNeXt norms) gets a batch-1 graph, which
+    :class:`OnnxModel` feeds one image at a time.
+    """
+    batch = torch.export.Dim.AUTO
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=max(opset, 18),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def _first_line(exc: BaseException) -> str:
+    """Exporter messages run to pages (whole graphs, wrapped causes): the root cause's first sentence."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().split("  [Caused by")[0]
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _metadata(model: nn.Module, input_size: Size, dynamic: bool) -> dict[str, str]:
@@ -143,13 +213,17 @@ class OnnxModel:
         self.pretrained_cfg = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map)
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
-        spatial = graph_input.shape[2:] if len(graph_input.shape) == 4 else []
-        self.fixed_input_size = tuple(spatial) if all(isinstance(d, int) for d in spatial) and spatial else None
+        shape = graph_input.shape if len(graph_input.shape) == 4 else [None] * 4
+        spatial = shape[2:]
+        self.fixed_input_size = tuple(spatial) if all(isinstance(d, int) for d in spatial) else None
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.model_name = self.pretrained_cfg.model_name
 
     def __call__(self, images: Tensor) -> Tensor:
         inputs = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        return torch.from_numpy(self.session.run(None, {self.input_name: inputs})[0])
+        step = self.fixed_batch or len(inputs)
+        outputs = [self.session.run(None, {self.input_name: inputs[i : i + step]})[0] for i in range(0, len(inputs), step)]
+        return torch.from_numpy(np.concatenate(outputs))
 
 
 # ------------------------------------------------------------------ parity

@@ -104,6 +104,28 @@ def test_models_listed_as_not_exportable_say_why(tmp_path, monkeypatch):
         export_onnx(ToySeg(), tmp_path / "toy.onnx", (32, 32))
 
 
+class PyramidToy(ToySeg):
+    """ToySeg plus PSPNet-style pooling to a 2x2 grid: shape-dependent kernels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = torch.nn.AdaptiveAvgPool2d((2, 2))
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y + torch.nn.functional.interpolate(self.pool(y), size=y.shape[-2:], mode="bilinear")
+
+
+def test_grid_pooling_exports_for_a_fixed_size_only(tmp_path):
+    model = PyramidToy()
+    with pytest.raises(SemsegError, match="cannot be exported with --dynamic: its pool pools to a fixed 2x2 grid"):
+        export_onnx(model, tmp_path / "p.onnx", (32, 32), dynamic=True)
+    assert export.fixed_size_only(ToySeg()) is None
+    report = export_checked(model, tmp_path / "p.onnx", (32, 48))  # TorchScript fails on it; torch.export takes over
+    assert report["agreement"] >= 0.999
+    assert OnnxModel(tmp_path / "p.onnx")(torch.randn(3, 3, 32, 48)).shape == (3, 4, 32, 48)
+
+
 def test_unreadable_onnx_files_raise_clear_errors(tmp_path):
     with pytest.raises(SemsegError, match="ONNX file not found"):
         OnnxModel(tmp_path / "missing.onnx")
@@ -119,3 +141,87 @@ def test_a_foreign_onnx_model_gets_imagenet_defaults(tmp_path):
     predictor = Predictor(OnnxModel(tmp_path / "plain.onnx"))
     assert predictor.mean == [0.485, 0.456, 0.406]
     assert predictor(rgb(9, 11)).shape == (9, 11)
+
+
+# ------------------------------------------------------------------ the zoo and the command
+from semseg.cli import main  # noqa: E402
+from semseg.models import create_model, list_models  # noqa: E402
+
+FAST_EXPORTS = ["lraspp_mobilenet_v3_large", "fcn8s_resnet18", "segformer_b0"]
+
+
+def _export_zoo_model(name, tmp_path, dynamic):
+    torch.manual_seed(0)
+    model = create_model(name, 3)
+    if name in export.NOT_EXPORTABLE or (dynamic and export.fixed_size_only(model)):
+        with pytest.raises(SemsegError, match="cannot be exported"):
+            export_onnx(model, tmp_path / f"{name}.onnx", (64, 96), dynamic=dynamic)
+        return
+    report = export_checked(model, tmp_path / f"{name}.onnx", (64, 96), dynamic=dynamic)
+    assert report["agreement"] >= 0.999
+
+
+@pytest.mark.parametrize("name", FAST_EXPORTS)
+def test_small_zoo_models_export_with_parity(name, tmp_path):
+    _export_zoo_model(name, tmp_path, dynamic=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("name", list_models())
+def test_every_curated_model_exports_or_says_why(name, dynamic, tmp_path):
+    _export_zoo_model(name, tmp_path, dynamic)
+
+
+@pytest.fixture(scope="module")
+def zoo_checkpoint(tmp_path_factory):
+    from semseg.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", 3).eval()
+    model.pretrained_cfg.class_names = ["road", "car", "sky"]
+    model.pretrained_cfg.palette = [[128, 64, 128], [0, 0, 142], [70, 130, 180]]
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint({"model_name": model.model_name, "model_meta": model.pretrained_cfg.to_dict(),
+                     "model": model.state_dict()}, path)
+    return path, model
+
+
+def test_export_cli_then_predict_with_onnx_runtime(zoo_checkpoint, tmp_path, capsys):
+    path, model = zoo_checkpoint
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--out", str(onnx_path), "--dynamic",
+                 "--size", "64", "96"]) == 0
+    out = capsys.readouterr().out
+    assert "argmax agreement 100.000%" in out or "argmax agreement 99.9" in out
+    meta = OnnxModel(onnx_path).pretrained_cfg
+    assert meta.class_names == ["road", "car", "sky"] and meta.palette[1] == [0, 0, 142]
+    assert meta.model_name == "lraspp_mobilenet_v3_large" and meta.dynamic is True
+
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    from PIL import Image
+
+    Image.fromarray(rgb(45, 70)).save(image_dir / "x.png")
+    assert main(["predict", str(image_dir), "--onnx", str(onnx_path), "--out", str(tmp_path / "pred")]) == 0
+    labels = np.asarray(Image.open(tmp_path / "pred" / "labels" / "x.png"))
+    with Image.open(tmp_path / "pred" / "labels" / "x.png") as png:  # the palette travelled through the metadata
+        assert png.getpalette()[3:6] == [0, 0, 142]
+    assert (labels == Predictor(model, precision="fp32")(rgb(45, 70))).mean() >= 0.999
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "say what to export"),
+        (["--model", "no_such_net", "--weights", "w.pth", "--num-classes", "3"], "unknown model 'no_such_net'"),
+        (["--model", "lraspp_mobilenet_v3_large", "--num-classes", "3"], "needs --weights FILE"),
+        (["--checkpoint", "missing.pt"], "checkpoint file not found"),
+        (["--checkpoint", "CKPT", "--size", "0", "32"], "--size must be two positive integers"),
+    ],
+)
+def test_export_cli_bad_inputs(zoo_checkpoint, tmp_path, capsys, args, message):
+    args = [a.replace("CKPT", str(zoo_checkpoint[0])) for a in args]
+    assert main(["export", *args, "--out", str(tmp_path / "x.onnx")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()

@@ -340,3 +340,165 @@ def test_a_48_megapixel_image_predicts_within_2_gib(tmp_path):
     with Image.open(tmp_path / "labels" / "big.png") as labels:
         assert labels.size == (8000, 6000) and labels.mode == "P"
     assert (tmp_path / "overlays" / "big.png").exists() and (tmp_path / "confidence" / "big.png").exists()
+
+
+# ------------------------------------------------------------------ semseg predict
+from semseg.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy_onnx_file(tmp_path_factory):
+    from semseg.export import export_onnx
+
+    return export_onnx(ToySeg(), tmp_path_factory.mktemp("model") / "toy.onnx", (32, 32), dynamic=True)
+
+
+@pytest.fixture
+def three_images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(rgb(37, 53, 1)).save(folder / "a.png")
+    Image.fromarray(rgb(20, 31, 2)).save(folder / "b.jpg", quality=95)
+    (folder / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return folder
+
+
+def test_predict_cli_writes_every_readable_image_and_exits_1_for_the_corrupt_one(three_images, toy_onnx_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["predict", str(three_images), "--onnx", str(toy_onnx_file), "--out", str(out), "--confidence", "--probs"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "c.png" in err and "cannot read image" in err
+    expected = {"a": (37, 53), "b": (20, 31)}
+    for stem, size in expected.items():
+        with Image.open(out / "labels" / f"{stem}.png") as labels:
+            assert labels.mode == "P" and labels.size == size[::-1]
+            ids = np.asarray(labels)
+        image = np.asarray(Image.open(next(three_images.glob(f"{stem}.*"))).convert("RGB"))
+        want = Predictor(ToySeg(), precision="fp32")(image)
+        assert (ids == want).mean() >= 0.999  # ONNX Runtime vs PyTorch: float rounding only
+        assert Image.open(out / "overlays" / f"{stem}.png").size == size[::-1]
+        assert Image.open(out / "confidence" / f"{stem}.png").mode == "L"
+        probs = np.load(out / "probs" / f"{stem}.npy")
+        assert probs.shape == (4, *size) and probs.dtype == np.float32
+        np.testing.assert_array_equal(probs.argmax(0), ids)
+    assert not any(out.rglob("c.*")) and not any(out.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--mode", "slide", "--crop", "16", "16", "--stride", "12", "12", "--blend", "gaussian"],
+     ["--size", "24", "24", "--tta", "--scales", "0.5", "1", "--batch-size", "2"]],
+)
+def test_predict_cli_modes_keep_the_original_size(three_images, toy_onnx_file, tmp_path, flags):
+    out = tmp_path / "out"
+    (three_images / "c.png").unlink()
+    assert main(["predict", str(three_images / "*.png"), str(three_images / "b.jpg"), "--onnx", str(toy_onnx_file),
+                 "--out", str(out), "--workers", "0", *flags]) == 0
+    assert Image.open(out / "labels" / "a.png").size == (53, 37)
+    assert Image.open(out / "labels" / "b.png").size == (31, 20)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["/no/such/file.png"], "no such file or folder"),
+        (["IMAGES/*.tif"], "no image matches this pattern"),
+        (["IMAGES", "--onnx", "ONNX", "--mode", "slide", "--crop", "0", "16"], "crop must be two positive integers"),
+        (["IMAGES", "--onnx", "ONNX", "--mode", "slide", "--crop", "16", "16", "--stride", "17", "8"], "larger than crop"),
+        (["IMAGES", "--weights", "w.pth"], "--weights and --num-classes go with --model"),
+        (["IMAGES", "--onnx", "ONNX", "--checkpoint", "x.pt"], "does not combine"),
+        (["IMAGES", "--onnx", "ONNX", "--precision", "bf16"], "PyTorch models only"),
+        (["IMAGES", "--onnx", "missing.onnx"], "ONNX file not found"),
+        (["IMAGES", "--checkpoint", "missing.pt"], "checkpoint file not found"),
+    ],
+)
+def test_predict_cli_bad_inputs_give_clear_errors(three_images, toy_onnx_file, tmp_path, capsys, args, message):
+    args = [a.replace("IMAGES", str(three_images)).replace("ONNX", str(toy_onnx_file)) for a in args]
+    assert main(["predict", *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_predict_cli_refuses_two_images_with_one_output_name(tmp_path, toy_onnx_file, capsys):
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(rgb(8, 8)).save(tmp_path / folder / "same.png")
+    assert main(["predict", str(tmp_path / "x"), str(tmp_path / "y"), "--onnx", str(toy_onnx_file), "--out", str(tmp_path / "o")]) == 2
+    assert "would both write same.png" in capsys.readouterr().err
+
+
+def test_without_a_model_the_default_model_is_used_once_shipped(three_images, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(inference, "DEFAULT_MODEL_PATH", tmp_path / "default_model.pt")
+    assert main(["predict", str(three_images), "--out", str(tmp_path / "out")]) == 2
+    assert "no default model is shipped" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ with zoo models
+@pytest.fixture(scope="module")
+def lraspp_checkpoint(tmp_path_factory):
+    from semseg.checkpoint import save_checkpoint
+    from semseg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", 5).eval()
+    model.pretrained_cfg.class_names = ["sky", "road", "car", "tree", "person"]
+    path = tmp_path_factory.mktemp("ckpt") / "lraspp.pt"
+    save_checkpoint({"model_name": model.model_name, "model_kwargs": model.model_kwargs,
+                     "model_meta": model.pretrained_cfg.to_dict(), "model": model.state_dict()}, path)
+    return path, model
+
+
+def test_fp32_reproduces_the_plain_recipe_exactly_with_a_zoo_model(lraspp_checkpoint, tmp_path):
+    _, model = lraspp_checkpoint
+    path = tmp_path / "frame.png"
+    demo = Path(inference.__file__).parent / "assets" / "demo" / "val"
+    Image.open(sorted(demo.glob("*.png"))[0]).resize((150, 110)).save(path)  # a street scene shipped in the package
+    want = plain_recipe(model, Image.open(path).convert("RGB"))
+    np.testing.assert_array_equal(Predictor(model, precision="fp32")(path), want)
+    auto = Predictor(model, precision="auto")(path)
+    assert (auto == want).mean() >= 0.985
+
+
+def test_predict_cli_with_a_checkpoint(lraspp_checkpoint, three_images, tmp_path, capsys):
+    path, model = lraspp_checkpoint
+    out = tmp_path / "out"
+    assert main(["predict", str(three_images), "--checkpoint", str(path), "--out", str(out), "--precision", "fp32"]) == 1
+    image = Image.open(three_images / "a.png").convert("RGB")
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "labels" / "a.png")), plain_recipe(model, image))
+    assert "predicted 2 of 3 images" in capsys.readouterr().out
+
+
+def test_predict_cli_with_a_raw_state_dict(lraspp_checkpoint, three_images, tmp_path):
+    _, model = lraspp_checkpoint
+    weights = tmp_path / "weights.pth"
+    torch.save(model.net.state_dict(), weights)  # the library's own keys, as torchvision publishes them
+    (three_images / "c.png").unlink()
+    out = tmp_path / "out"
+    assert main(["predict", str(three_images), "--model", "lraspp_mobilenet_v3_large", "--weights", str(weights),
+                 "--num-classes", "5", "--out", str(out), "--precision", "fp32"]) == 0
+    image = Image.open(three_images / "b.jpg").convert("RGB")
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "labels" / "b.png")), plain_recipe(model, image))
+
+
+def test_the_default_model_is_found_once_shipped(lraspp_checkpoint, three_images, tmp_path, monkeypatch):
+    path, _ = lraspp_checkpoint
+    monkeypatch.setattr(inference, "DEFAULT_MODEL_PATH", path)
+    (three_images / "c.png").unlink()
+    assert main(["predict", str(three_images / "a.png"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "labels" / "a.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no_such_net", "--weights", "w.pth", "--num-classes", "3"], "unknown model 'no_such_net'"),
+        (["--model", "lraspp_mobilenet_v3_large", "--num-classes", "3"], "needs --weights FILE"),
+        (["--model", "lraspp_mobilenet_v3_large", "--weights", "w.pth", "--num-classes", "0"], "at least 1"),
+        (["--checkpoint", "CKPT", "--model", "lraspp_mobilenet_v3_large"], "not both"),
+    ],
+)
+def test_predict_cli_bad_model_options(lraspp_checkpoint, three_images, tmp_path, capsys, args, message):
+    args = [a.replace("CKPT", str(lraspp_checkpoint[0])) for a in args]
+    assert main(["predict", str(three_images), *args, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
