@@ -75,6 +75,15 @@ def test_camvid_tiny_tree(tmp_path):
     assert dataset.read_mask(2)[0].tolist() == [255, 2, 2, 2, 2, 2, 2, 2]
 
 
+def test_splits_joined_with_plus_are_concatenated_in_order(tmp_path):
+    make_camvid(tmp_path, n=2, split="train")
+    make_camvid(tmp_path, n=1, split="val")
+    dataset = build_dataset(DataConfig(format="camvid", root=str(tmp_path)), "train+val")
+    assert [(p.parent.name, p.name) for p, _ in dataset.samples] == [("train", "f0.png"), ("train", "f1.png"), ("val", "f0.png")]
+    with pytest.raises(SemsegError, match=r"/test: folder not found"):
+        build_dataset(DataConfig(format="camvid", root=str(tmp_path)), "train+test")
+
+
 def test_voc_palette_masks_and_jpeg_images(tmp_path):
     base = tmp_path / "VOCdevkit" / "VOC2012"
     for name, value in (("2007_000032", 1), ("2007_000039", 20)):

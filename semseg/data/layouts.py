@@ -165,7 +165,10 @@ LAYOUTS: dict[str, Callable[[Path, str], Listing]] = {
 
 
 def find_samples(fmt: str, root: str | Path, split: str) -> Listing:
-    """The (image, mask) pairs of ``split`` and the problems met; SemsegError for a missing folder or empty split."""
+    """The (image, mask) pairs of ``split`` and the problems met; SemsegError for a missing folder or empty split.
+
+    ``split`` may join several splits with ``+`` (``"train+val"``): their pairs, in that order.
+    """
     if fmt not in LAYOUTS:
         raise SemsegError(f"config key 'data.format': unknown format {fmt!r}; expected one of {', '.join(LAYOUTS)}")
     if not str(root):
@@ -173,7 +176,12 @@ def find_samples(fmt: str, root: str | Path, split: str) -> Listing:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise SemsegError(f"{root}: dataset root not found; the {fmt} format expects {LAYOUTS_HELP[fmt]}")
-    listing = LAYOUTS[fmt](root, split)
+    # "train+val": the union of several splits (e.g. a final run on every labelled image)
+    listing = Listing()
+    for part in split.split("+"):
+        part_listing = LAYOUTS[fmt](root, part.strip())
+        listing.pairs += part_listing.pairs
+        listing.problems += part_listing.problems
     if not listing.pairs and not listing.problems:
         raise SemsegError(
             f"{root}: the {split} split is empty (no images with extensions {', '.join(IMAGE_EXTENSIONS)}); "
