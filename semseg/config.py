@@ -32,6 +32,9 @@ class ModelConfig:
     pretrained: Union[bool, str] = False
     # bn | gn (GroupNorm, for small batches) | syncbn (under DDP)
     norm: Literal["bn", "gn", "syncbn"] = "bn"
+    # momentum of every BatchNorm's running statistics (null: the architecture's own). torchvision's
+    # MobileNetV3 uses 0.01, whose statistics lag far behind the weights in a short from-scratch run
+    bn_momentum: Optional_float = None  # type: ignore[valid-type]
     # extra keyword arguments of create_model (e.g. encoder_depth)
     kwargs: dict = field(default_factory=dict)
 
@@ -311,6 +314,8 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
         raise SemsegError(f"config key 'data.cat_max_ratio': must lie in (0, 1], got {d.cat_max_ratio}")
     if not 0 <= d.ignore_index <= 65535:
         raise SemsegError(f"config key 'data.ignore_index': must lie in 0..65535, got {d.ignore_index}")
+    if config.model.bn_momentum is not None and not 0 < config.model.bn_momentum <= 1:
+        raise SemsegError(f"config key 'model.bn_momentum' must lie in (0, 1], got {config.model.bn_momentum}")
     if d.workers < 0:
         raise SemsegError("config key 'data.workers' must be >= 0")
     for key in ("epochs", "batch_size", "accumulate", "val_every"):

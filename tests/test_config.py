@@ -91,6 +91,7 @@ def test_override_values_are_yaml():
         (["data.scale_range=[2.0, 0.5]"], None, "data.scale_range"),
         (["train.batch_size=0"], None, "train.batch_size"),
         (["train.freeze_encoder_epochs=10", "train.epochs=5"], None, "freeze_encoder_epochs"),
+        (["model.bn_momentum=0"], None, "model.bn_momentum"),
     ],
 )
 def test_validate_rejects_disagreeing_settings(overrides, num_classes, message):

@@ -181,6 +181,15 @@ def test_class_weights_from_the_training_set(tiny_camvid, tmp_path):
     assert max(weights) > 1 > min(w for w in weights if w > 0)  # rare classes up, frequent ones down
 
 
+def test_bn_momentum_applies_to_every_batchnorm():
+    from semseg.engine.trainer import build_model
+
+    cfg = load_config(None, ["model.name=lraspp_mobilenet_v3_large", "model.bn_momentum=0.1"])
+    model = build_model(cfg, 11, [str(i) for i in range(11)], [[i, i, i] for i in range(11)])
+    momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.1}  # torchvision's MobileNetV3 builds them with 0.01
+
+
 def test_freeze_then_unfreeze_encoder(tiny_camvid, tmp_path):
     run = tmp_path / "run"
     assert _train(run, tiny_camvid, "train.epochs=2", "train.freeze_encoder_epochs=1", "train.val_every=2") == 0

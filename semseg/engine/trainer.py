@@ -107,6 +107,10 @@ def build_model(cfg: RunConfig, num_classes: int, class_names: list[str], palett
         std=tuple(cfg.data.std),
         ignore_index=cfg.data.ignore_index,
     )
+    if cfg.model.bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = cfg.model.bn_momentum
     if cfg.model.norm == "gn":
         model = convert_norm(model, "gn")
     return model
