@@ -181,8 +181,10 @@ def _run_predict(args: argparse.Namespace) -> int:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX and check its outputs against PyTorch")
     _add_model_source(p)
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--out", required=True, metavar="FILE.onnx")
+    p.add_argument("--format", choices=["onnx", "semseg"], default="onnx",
+                   help="onnx: an ONNX graph; semseg: an inference checkpoint (weights and metadata, no training state)")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--half", action="store_true", help="semseg format: store the weights in float16 (half the size)")
     p.add_argument("--dynamic", action="store_true", help="accept any height and width (else only --size)")
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="export (and check) size")
     p.add_argument("--opset", type=int, default=17)

@@ -263,15 +263,19 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike, inputs: Sequenc
     Returns ``max_abs_diff`` (largest logit difference), ``agreement`` (fraction
     of pixels with the same argmax), ``pixels`` and ``batches``.
     """
-    runtime = OnnxModel(onnx_path, device="cpu")
+    return compare_logits(model, OnnxModel(onnx_path, device="cpu"), inputs, f"{onnx_path}: ONNX")
+
+
+def compare_logits(model: nn.Module, candidate: Any, inputs: Sequence[Tensor], label: str) -> dict[str, Any]:
+    """Logits of ``candidate`` (a callable) against ``model``'s fp32 logits; see :func:`check_parity`."""
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     max_diff, same, pixels = 0.0, 0, 0
     for batch in inputs:
         with torch.inference_mode():
             expected = model(batch).float()
-        got = runtime(batch)
+            got = candidate(batch).float()
         if got.shape != expected.shape:
-            raise SemsegError(f"{onnx_path}: ONNX output shape {list(got.shape)} differs from PyTorch's {list(expected.shape)}")
+            raise SemsegError(f"{label} output shape {list(got.shape)} differs from PyTorch's {list(expected.shape)}")
         max_diff = max(max_diff, float((got - expected).abs().max()))
         same += int((got.argmax(1) == expected.argmax(1)).sum())
         pixels += expected.shape[0] * expected.shape[2] * expected.shape[3]
@@ -294,19 +298,87 @@ def export_checked(
     return report
 
 
+# ------------------------------------------------------------------ inference checkpoints
+# what an inference checkpoint keeps of a training checkpoint besides the model: how it was made
+PROVENANCE_KEYS = ("config", "metrics", "best_miou", "best_epoch", "epoch", "class_weights")
+
+
+def export_checkpoint(
+    model: nn.Module, path: str | os.PathLike, half: bool = False, provenance: dict[str, Any] | None = None
+) -> Path:
+    """Write an inference checkpoint: the weights (float16 with ``half``: half the size) and the metadata.
+
+    It loads like any semseg checkpoint (:func:`semseg.models.load_model`,
+    ``--checkpoint``), back into float32 weights; no optimizer state is kept.
+    ``provenance``: entries of the training checkpoint to keep (its config and scores).
+    """
+    from semseg.checkpoint import save_checkpoint
+
+    weights = {
+        key: value.detach().cpu().half() if half and value.is_floating_point() else value.detach().cpu()
+        for key, value in model.state_dict().items()
+    }
+    state = {key: value for key, value in (provenance or {}).items() if key in PROVENANCE_KEYS}
+    state.update(
+        model_name=model.model_name, model_kwargs=dict(model.model_kwargs),
+        model_meta=model.pretrained_cfg.to_dict(), model=weights,
+    )
+    save_checkpoint(state, path)
+    return Path(path)
+
+
+def export_checkpoint_checked(
+    model: nn.Module, path: str | os.PathLike, input_size: Size, half: bool = False, provenance: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Export, reload, and check the reloaded model's logits against ``model``; a failed check removes the file."""
+    from semseg.models import load_model
+
+    path = export_checkpoint(model, path, half, provenance)
+    meta = model_meta(model)
+    report = compare_logits(model, load_model(path), parity_inputs(input_size, meta.mean, meta.std), f"{path}:")
+    if report["agreement"] < PARITY_MIN_AGREEMENT:
+        path.unlink(missing_ok=True)
+        raise SemsegError(
+            f"{path}: parity check failed: the exported weights agree with the original on {100 * report['agreement']:.3f}% "
+            f"of pixels (needs {100 * PARITY_MIN_AGREEMENT:.1f}%), max logit difference {report['max_abs_diff']:.3g}; file removed"
+        )
+    return report
+
+
 def run_export(args: Any) -> int:
-    """``semseg export (--checkpoint FILE | --model NAME --weights FILE --num-classes N) --format onnx --out FILE.onnx``."""
-    if args.format != "onnx":
-        raise SemsegError(f"unknown export format {args.format!r}; semseg exports onnx")
+    """``semseg export (--checkpoint FILE | --model NAME --weights FILE --num-classes N) --format onnx|semseg --out FILE``."""
+    if args.format not in ("onnx", "semseg"):
+        raise SemsegError(f"unknown export format {args.format!r}; semseg exports onnx and semseg (an inference checkpoint)")
     if args.checkpoint is None and args.model is None:
         raise SemsegError("say what to export: --checkpoint FILE, or --model NAME --weights FILE --num-classes N")
+    if args.half and args.format != "semseg":
+        raise SemsegError("--half applies to --format semseg (an ONNX graph is exported in float32)")
     model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
+    if args.format == "semseg":
+        return _run_export_checkpoint(args, model)
     size = _pair(args.size, "--size") or model_meta(model).input_size or DEFAULT_EXPORT_SIZE
     report = export_checked(model, args.out, size, args.dynamic, args.opset)
     shape = "dynamic height and width" if args.dynamic else f"{size[0]}x{size[1]} inputs"
     print(f"exported {getattr(model, 'model_name', 'model')} to {args.out} ({shape}, opset {args.opset})")
     print(
         f"parity with PyTorch on {report['batches']} sample batches: argmax agreement "
+        f"{100 * report['agreement']:.3f}%, max logit difference {report['max_abs_diff']:.2e}"
+    )
+    return 0
+
+
+def _run_export_checkpoint(args: Any, model: nn.Module) -> int:
+    from semseg.checkpoint import load_checkpoint
+
+    if args.dynamic:
+        raise SemsegError("--dynamic applies to --format onnx (a semseg checkpoint takes any size)")
+    provenance = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    size = _pair(args.size, "--size") or model_meta(model).input_size or DEFAULT_EXPORT_SIZE
+    report = export_checkpoint_checked(model, args.out, size, args.half, provenance)
+    kind = "float16" if args.half else "float32"
+    print(f"exported {model.model_name} to {args.out} ({kind} weights, {Path(args.out).stat().st_size / 1e6:.1f} MB)")
+    print(
+        f"parity with the original weights on {report['batches']} sample batches: argmax agreement "
         f"{100 * report['agreement']:.3f}%, max logit difference {report['max_abs_diff']:.2e}"
     )
     return 0

@@ -225,3 +225,50 @@ def test_export_cli_bad_inputs(zoo_checkpoint, tmp_path, capsys, args, message):
     assert main(["export", *args, "--out", str(tmp_path / "x.onnx")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_half_checkpoint_halves_the_file_and_predicts_the_same(zoo_checkpoint, tmp_path, capsys):
+    from semseg.checkpoint import load_checkpoint, save_checkpoint
+    from semseg.models import load_model
+
+    path, model = zoo_checkpoint
+    training = {**load_checkpoint(path), "config": {"name": "toy"}, "metrics": {"miou": 0.5},
+                "optimizer": {"state": {}, "param_groups": []}}
+    save_checkpoint(training, tmp_path / "train.pt")
+    out = tmp_path / "small.pt"
+    assert main(["export", "--checkpoint", str(tmp_path / "train.pt"), "--format", "semseg", "--half",
+                 "--out", str(out), "--size", "64", "96"]) == 0
+    assert "float16 weights" in capsys.readouterr().out
+    state = load_checkpoint(out)
+    assert "optimizer" not in state and state["config"] == {"name": "toy"} and state["metrics"] == {"miou": 0.5}
+    assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float16}
+    assert out.stat().st_size < 0.6 * path.stat().st_size
+    reloaded = load_model(out)  # float32 weights again, with the metadata
+    assert reloaded.pretrained_cfg.class_names == ["road", "car", "sky"]
+    assert all(p.dtype == torch.float32 for p in reloaded.parameters())
+    assert (Predictor(reloaded, precision="fp32")(rgb(45, 70)) == Predictor(model, precision="fp32")(rgb(45, 70))).mean() >= 0.999
+
+
+def test_export_checkpoint_fails_its_parity_check_and_removes_the_file(zoo_checkpoint, tmp_path, monkeypatch):
+    from semseg.models import load_model
+
+    _, model = zoo_checkpoint
+    reloaded = load_model(zoo_checkpoint[0])
+    # what a lossy storage would give: other logits than the original's
+    monkeypatch.setattr("semseg.models.load_model", lambda path: (lambda x: -reloaded(x)))
+    with pytest.raises(SemsegError, match="parity check failed: the exported weights agree"):
+        export.export_checkpoint_checked(model, tmp_path / "x.pt", (32, 48))
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "onnx", "--half"], "--half applies to --format semseg"),
+        (["--format", "semseg", "--dynamic"], "--dynamic applies to --format onnx"),
+    ],
+)
+def test_export_format_flags_that_do_not_fit(zoo_checkpoint, tmp_path, capsys, args, message):
+    assert main(["export", "--checkpoint", str(zoo_checkpoint[0]), *args, "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
