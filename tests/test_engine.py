@@ -266,3 +266,17 @@ def test_ddp_two_processes_match_one(tiny_camvid, tmp_path):
     for a, b in zip(one, two):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["miou"] == pytest.approx(b["miou"], abs=1e-4)
+
+
+def test_demo_trains_evaluates_and_predicts_the_held_back_frame(tmp_path, capsys, monkeypatch):
+    from semseg import inference
+
+    monkeypatch.setattr(inference, "DEFAULT_MODEL_PATH", tmp_path / "no_default_model.pt")
+    run = tmp_path / "demo"
+    assert main(["demo", "--run-dir", str(run), "--minutes", "0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "held-back frame 0016E5_08025.png, the demo model:" in out and "default" not in out.split("trained")[1]
+    assert (run / "prediction" / "0016E5_08025_overlay.png").is_file() and (run / "best.pt").is_file()
+    assert "miou" in _metrics(run)[-1]
+    assert main(["demo", "--run-dir", str(run)]) == 2  # never overwrites a run
+    assert "already holds a demo run" in capsys.readouterr().err

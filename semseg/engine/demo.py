@@ -8,6 +8,7 @@ network and no file outside the package is needed.
 from __future__ import annotations
 
 import time
+from typing import Any
 from importlib import resources
 from pathlib import Path
 
@@ -44,9 +45,8 @@ def demo_config(minutes: float) -> RunConfig:
 
 def run_demo(run_dir: str | Path = "runs/demo", minutes: float = 2.0) -> int:
     from semseg.engine.trainer import fit
-    from semseg.inference import Predictor
+    from semseg.inference import DEFAULT_MODEL_PATH
     from semseg.models import load_model
-    from semseg.viz import overlay
 
     run_dir = Path(run_dir)
     if (run_dir / "last.pt").exists():
@@ -57,18 +57,27 @@ def run_demo(run_dir: str | Path = "runs/demo", minutes: float = 2.0) -> int:
     last = fit(cfg, run_dir)
     print(f"trained {last.get('epoch')} epochs in {time.monotonic() - start:.0f} s")
 
-    model = load_model(run_dir / "best.pt")
     frame = list_images(Path(str(DEMO_ROOT)) / "test")[0]
-    predictor = Predictor(model)
-    labels = predictor(frame)
-    meta = model.pretrained_cfg
-    image = read_image(frame)
     out = run_dir / "prediction"
-    write_label_png(out / f"{frame.stem}_labels.png", labels.astype(np.uint8), meta.palette)
-    write_bytes_atomic(out / f"{frame.stem}_overlay.png", encode_image_png(overlay(image, labels, meta.palette)))
+    overlay_path = _predict_frame(load_model(run_dir / "best.pt"), frame, out, "", "the demo model")
+    if DEFAULT_MODEL_PATH.is_file():  # the same frame by the embedded default model (an hour of CamVid training)
+        _predict_frame(load_model(DEFAULT_MODEL_PATH), frame, out, "default_", "semseg's default CamVid model")
+    print(f"look at: {overlay_path} (colour overlay), {run_dir / 'metrics.jsonl'} (scores)")
+    return 0
+
+
+def _predict_frame(model: Any, frame: Path, out: Path, prefix: str, who: str) -> Path:
+    """Predict the held-back ``frame``, write its labels and overlay into ``out``, print the share of correct pixels."""
+    from semseg.inference import Predictor
+    from semseg.viz import overlay
+
+    labels = Predictor(model)(frame)
+    palette = model.pretrained_cfg.palette
+    write_label_png(out / f"{prefix}{frame.stem}_labels.png", labels.astype(np.uint8), palette)
+    overlay_path = out / f"{prefix}{frame.stem}_overlay.png"
+    write_bytes_atomic(overlay_path, encode_image_png(overlay(read_image(frame), labels, palette)))
     truth = read_label_map(Path(str(DEMO_ROOT)) / "testannot" / frame.name)
     valid = truth != 11  # CamVid's void
     agreement = float((labels[valid] == truth[valid]).mean())
-    print(f"held-back frame {frame.name}: {100 * agreement:.1f}% of labelled pixels correct")
-    print(f"look at: {out / (frame.stem + '_overlay.png')} (colour overlay), {run_dir / 'metrics.jsonl'} (scores)")
-    return 0
+    print(f"held-back frame {frame.name}, {who}: {100 * agreement:.1f}% of labelled pixels correct ({overlay_path.name})")
+    return overlay_path
