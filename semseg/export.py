@@ -289,13 +289,18 @@ def export_checked(
     path = export_onnx(model, path, input_size, dynamic, opset)
     meta = model_meta(model)
     report = check_parity(model, path, parity_inputs(_pair(input_size, "input size"), meta.mean, meta.std, dynamic))
+    _fail_unless_parity(report, path, "ONNX Runtime agrees with PyTorch")
+    return report
+
+
+def _fail_unless_parity(report: dict[str, Any], path: Path, who_agrees: str) -> None:
+    """Remove ``path`` and raise when the argmax agreement of ``report`` is below the parity threshold."""
     if report["agreement"] < PARITY_MIN_AGREEMENT:
         path.unlink(missing_ok=True)
         raise SemsegError(
-            f"{path}: parity check failed: ONNX Runtime agrees with PyTorch on {100 * report['agreement']:.3f}% of "
-            f"pixels (needs {100 * PARITY_MIN_AGREEMENT:.1f}%), max logit difference {report['max_abs_diff']:.3g}; file removed"
+            f"{path}: parity check failed: {who_agrees} on {100 * report['agreement']:.3f}% of pixels "
+            f"(needs {100 * PARITY_MIN_AGREEMENT:.1f}%), max logit difference {report['max_abs_diff']:.3g}; file removed"
         )
-    return report
 
 
 # ------------------------------------------------------------------ inference checkpoints
@@ -336,12 +341,7 @@ def export_checkpoint_checked(
     path = export_checkpoint(model, path, half, provenance)
     meta = model_meta(model)
     report = compare_logits(model, load_model(path), parity_inputs(input_size, meta.mean, meta.std), f"{path}:")
-    if report["agreement"] < PARITY_MIN_AGREEMENT:
-        path.unlink(missing_ok=True)
-        raise SemsegError(
-            f"{path}: parity check failed: the exported weights agree with the original on {100 * report['agreement']:.3f}% "
-            f"of pixels (needs {100 * PARITY_MIN_AGREEMENT:.1f}%), max logit difference {report['max_abs_diff']:.3g}; file removed"
-        )
+    _fail_unless_parity(report, path, "the exported weights agree with the original")
     return report
 
 
