@@ -160,8 +160,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="slide mode tile size")
     p.add_argument("--stride", type=int, nargs=2, default=None, metavar=("H", "W"), help="slide mode step (default 2/3 crop)")
     p.add_argument("--blend", choices=["uniform", "gaussian"], default="uniform", help="slide mode tile weights")
-    p.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation")
-    p.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.25], help="TTA scales")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="multi-scale + flip test-time augmentation (default: as the model's metadata recommends)")
+    p.add_argument("--scales", type=float, nargs="+", default=None,
+                   help="TTA scales (default: the model's recommended scales, else 0.75 1 1.25)")
     p.add_argument("--no-flip", action="store_true", help="TTA without the mirrored views")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--batch-size", type=int, default=4, help="images (whole) or tiles (slide) per forward pass")
@@ -185,6 +187,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="onnx: an ONNX graph; semseg: an inference checkpoint (weights and metadata, no training state)")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--half", action="store_true", help="semseg format: store the weights in float16 (half the size)")
+    p.add_argument("--tta-scales", type=float, nargs="+", default=None, metavar="S",
+                   help="record in the model's metadata that it is best predicted with multi-scale + flip TTA at these "
+                   "scales (semseg predict and Predictor then use them unless told otherwise)")
     p.add_argument("--dynamic", action="store_true", help="accept any height and width (else only --size)")
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="export (and check) size")
     p.add_argument("--opset", type=int, default=17)

@@ -16,7 +16,7 @@ import io
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,6 +50,7 @@ class OnnxMeta:
     input_size: list[int] | None = None
     model_name: str | None = None
     dynamic: bool = False
+    tta_scales: list[float] | None = None
 
 
 def export_onnx(
@@ -172,6 +173,7 @@ def _metadata(model: nn.Module, input_size: Size, dynamic: bool) -> dict[str, st
         "ignore_index": meta.ignore_index,
         "input_size": list(input_size),
         "dynamic": dynamic,
+        "tta_scales": list(meta.tta_scales) if meta.tta_scales else None,
     }
     return {key: json.dumps(value) for key, value in values.items()}
 
@@ -354,6 +356,10 @@ def run_export(args: Any) -> int:
     if args.half and args.format != "semseg":
         raise SemsegError("--half applies to --format semseg (an ONNX graph is exported in float32)")
     model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
+    if args.tta_scales is not None:
+        if min(args.tta_scales) <= 0:
+            raise SemsegError(f"--tta-scales must be positive numbers, got {args.tta_scales}")
+        model.pretrained_cfg = replace(model.pretrained_cfg, tta_scales=tuple(args.tta_scales))
     if args.format == "semseg":
         return _run_export_checkpoint(args, model)
     size = _pair(args.size, "--size") or model_meta(model).input_size or DEFAULT_EXPORT_SIZE

@@ -48,6 +48,7 @@ ModelFn = Callable[[Tensor], Tensor]
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 MODES = ("whole", "slide")
+DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 BLENDS = ("uniform", "gaussian")
 # The embedded default model, shipped inside the package once one is trained.
 DEFAULT_MODEL_PATH = Path(str(resources.files("semseg"))) / "assets" / "default_model.pt"
@@ -211,7 +212,7 @@ def slide_window(
 def tta(
     predict_probs: Callable[[Tensor], Tensor],
     images: Tensor,
-    scales: Sequence[float] = (0.75, 1.0, 1.25),
+    scales: Sequence[float] = DEFAULT_TTA_SCALES,
     flip: bool = True,
     base_size: Size | None = None,
 ) -> Tensor:
@@ -313,6 +314,7 @@ class ModelMeta:
     std: list[float]
     ignore_index: int
     input_size: Size | None
+    tta_scales: tuple[float, ...] | None = None  # the TTA the model recommends (see PretrainedCfg)
 
 
 def model_meta(model: Any) -> ModelMeta:
@@ -326,6 +328,7 @@ def model_meta(model: Any) -> ModelMeta:
     # without a known class count, colour every id a uint8 label map can hold
     palette = [list(c) for c in (getattr(cfg, "palette", None) or generate_palette(count or 256))]
     input_size = getattr(cfg, "input_size", None)
+    tta_scales = getattr(cfg, "tta_scales", None)
     return ModelMeta(
         num_classes=num_classes,
         class_names=names,
@@ -334,6 +337,7 @@ def model_meta(model: Any) -> ModelMeta:
         std=list(getattr(cfg, "std", None) or IMAGENET_STD),
         ignore_index=int(getattr(cfg, "ignore_index", 255)),
         input_size=tuple(input_size) if input_size else None,
+        tta_scales=tuple(float(v) for v in tta_scales) if tta_scales else None,
     )
 
 
@@ -362,8 +366,8 @@ class Predictor:
         crop: Size | None = None,
         stride: Size | None = None,
         blend: str = "uniform",
-        tta: bool = False,
-        scales: Sequence[float] = (0.75, 1.0, 1.25),
+        tta: bool | None = None,
+        scales: Sequence[float] | None = None,
         flip: bool = True,
         precision: str = "auto",
         device: str = "auto",
@@ -382,6 +386,10 @@ class Predictor:
             raise SemsegError(f"batch size must be at least 1, got {batch_size}")
         self.mode, self.blend, self.batch_size = mode, blend, batch_size
         self.size = _pair(size, "size")
+        recommended = self.meta.tta_scales
+        if tta is None:  # the model's recommendation, where its graph can take other sizes
+            tta = recommended is not None and getattr(model, "fixed_input_size", None) is None
+        scales = scales if scales is not None else (recommended or DEFAULT_TTA_SCALES)
         self.tta, self.scales, self.flip = tta, tuple(float(s) for s in scales), flip
         if tta and (not self.scales or min(self.scales) <= 0):
             raise SemsegError(f"tta scales must be positive numbers, got {list(scales)}")
@@ -721,6 +729,14 @@ def _predict_pending(
     pending.clear()
 
 
+def describe_tta(predictor: Predictor, asked: bool | None) -> str:
+    """How the images were predicted, and why: "no TTA", or the scales and whose choice they were."""
+    if not predictor.tta:
+        return "no TTA"
+    views = ", ".join(f"{s:g}" for s in predictor.scales) + (" + flip" if predictor.flip else "")
+    return f"TTA at scales {views}" + (" (the model's recommendation; --no-tta to turn it off)" if asked is None else "")
+
+
 def run_predict(args: Any) -> int:
     """``semseg predict SOURCE... --out DIR``; returns 1 when some image could not be read, else 0."""
     files = resolve_sources(args.sources)
@@ -748,7 +764,8 @@ def run_predict(args: Any) -> int:
     )
     failed = predict_files(predictor, files, args.out, args.confidence, args.probs, args.workers)
     done = len(files) - len(failed)
-    print(f"predicted {done} of {len(files)} images into {args.out} ({args.mode} mode, {predictor.precision})")
+    print(f"predicted {done} of {len(files)} images into {args.out} ({args.mode} mode, {predictor.precision}, "
+          f"{describe_tta(predictor, args.tta)})")
     if failed:
         print(f"semseg: {len(failed)} image(s) could not be read: {', '.join(str(f) for f in failed)}", file=sys.stderr)
         return 1

@@ -272,3 +272,22 @@ def test_export_format_flags_that_do_not_fit(zoo_checkpoint, tmp_path, capsys, a
     assert main(["export", "--checkpoint", str(zoo_checkpoint[0]), *args, "--out", str(tmp_path / "x")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_export_records_the_recommended_tta_in_both_formats(zoo_checkpoint, tmp_path, capsys):
+    from semseg.models import load_model
+
+    path, _ = zoo_checkpoint
+    assert main(["export", "--checkpoint", str(path), "--format", "semseg", "--tta-scales", "1", "1.25",
+                 "--out", str(tmp_path / "m.pt"), "--size", "32", "48"]) == 0
+    assert load_model(tmp_path / "m.pt").pretrained_cfg.tta_scales == (1.0, 1.25)
+    assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--format", "onnx", "--dynamic",
+                 "--out", str(tmp_path / "m.onnx"), "--size", "32", "48"]) == 0
+    runtime = OnnxModel(tmp_path / "m.onnx")
+    assert runtime.pretrained_cfg.tta_scales == [1.0, 1.25] and Predictor(runtime).tta
+    assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--format", "onnx",
+                 "--out", str(tmp_path / "fixed.onnx"), "--size", "32", "48"]) == 0
+    assert not Predictor(OnnxModel(tmp_path / "fixed.onnx")).tta  # a fixed-size graph cannot follow it
+    assert main(["export", "--checkpoint", str(path), "--tta-scales", "0", "--out", str(tmp_path / "z.pt"),
+                 "--format", "semseg"]) == 2
+    assert "--tta-scales must be positive" in capsys.readouterr().err

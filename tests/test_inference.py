@@ -502,3 +502,34 @@ def test_predict_cli_bad_model_options(lraspp_checkpoint, three_images, tmp_path
     args = [a.replace("CKPT", str(lraspp_checkpoint[0])) for a in args]
     assert main(["predict", str(three_images), *args, "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_model_recommending_tta_is_predicted_with_it_unless_told_otherwise():
+    model = ToySeg()
+    model.pretrained_cfg.tta_scales = (1.0, 1.5)
+    image = rgb(37, 53)
+    recommended = Predictor(model, precision="fp32")
+    assert recommended.tta and recommended.scales == (1.0, 1.5) and recommended.flip
+    explicit = Predictor(model, precision="fp32", tta=True, scales=(1.0, 1.5))
+    np.testing.assert_array_equal(recommended.predict_proba(image), explicit.predict_proba(image))
+    assert not Predictor(model, tta=False).tta
+    assert Predictor(model, tta=True, scales=(0.5,)).scales == (0.5,)
+    assert not Predictor(ToySeg()).tta  # no recommendation: each image once
+    assert Predictor(ToySeg(), tta=True).scales == (0.75, 1.0, 1.25)
+
+
+def test_predict_cli_follows_and_overrides_the_recommended_tta(lraspp_checkpoint, tmp_path, capsys):
+    from semseg.checkpoint import load_checkpoint, save_checkpoint
+
+    path, _ = lraspp_checkpoint
+    state = load_checkpoint(path)
+    state["model_meta"]["tta_scales"] = [1.0, 1.25]
+    save_checkpoint(state, tmp_path / "tta.pt")
+    Image.fromarray(rgb(37, 53)).save(tmp_path / "x.png")
+    assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "tta.pt"), "--out", str(tmp_path / "a")]) == 0
+    assert "TTA at scales 1, 1.25 + flip (the model's recommendation; --no-tta to turn it off)" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "tta.pt"), "--out", str(tmp_path / "b"),
+                 "--no-tta"]) == 0
+    assert "no TTA" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(path), "--out", str(tmp_path / "c")]) == 0
+    assert "no TTA" in capsys.readouterr().out

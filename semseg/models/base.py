@@ -35,11 +35,14 @@ class PretrainedCfg:
     ignore_index: int = 255
     input_size: tuple | None = None  # (height, width) the weights expect, when they expect one
     source: str = ""  # where the weights came from: "" (random init), a file, or a library tag
+    # scales of the multi-scale + flip test-time augmentation these weights were validated with;
+    # prediction uses it unless told otherwise (None: predict each image once)
+    tta_scales: tuple | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (lists, not tuples), so the dict is safe for ``weights_only`` loading and JSON."""
         values = dataclasses.asdict(self)
-        for key in ("mean", "std", "input_size"):
+        for key in ("mean", "std", "input_size", "tta_scales"):
             if values[key] is not None:
                 values[key] = list(values[key])
         return values
@@ -51,6 +54,7 @@ class PretrainedCfg:
         cfg = cls(**{k: v for k, v in values.items() if k in known})
         cfg.mean, cfg.std = tuple(cfg.mean), tuple(cfg.std)
         cfg.input_size = tuple(cfg.input_size) if cfg.input_size is not None else None
+        cfg.tta_scales = tuple(cfg.tta_scales) if cfg.tta_scales is not None else None
         return cfg
 
 
