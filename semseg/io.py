@@ -92,6 +92,17 @@ def encode_label_png(labels: np.ndarray, palette: list[list[int]] | None = None)
     return buffer.getvalue()
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; the renamed result should have the mode a plain open() gives
+# (read once here: os.umask can only be read by setting it, which is not thread-safe)
+_NEW_FILE_MODE = 0o666 & ~_read_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
     """Open a temporary file beside ``path``; rename it over ``path`` only on success."""
@@ -103,6 +114,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _NEW_FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

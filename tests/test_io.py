@@ -63,3 +63,11 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
             raise RuntimeError("crash while writing")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+
+
+def test_atomic_write_gives_the_mode_a_plain_open_gives(tmp_path):
+    with open(tmp_path / "plain.txt", "w") as handle:
+        handle.write("x")
+    with atomic_write(tmp_path / "atomic.txt", "w") as handle:
+        handle.write("x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
