@@ -61,7 +61,8 @@ def run_demo(run_dir: str | Path = "runs/demo", minutes: float = 2.0) -> int:
     out = run_dir / "prediction"
     overlay_path = _predict_frame(load_model(run_dir / "best.pt"), frame, out, "", "the demo model")
     if DEFAULT_MODEL_PATH.is_file():  # the same frame by the embedded default model (an hour of CamVid training)
-        _predict_frame(load_model(DEFAULT_MODEL_PATH), frame, out, "default_", "semseg's default CamVid model")
+        who = "semseg's default CamVid model (trained on CamVid train+val, which hold this frame)"
+        _predict_frame(load_model(DEFAULT_MODEL_PATH), frame, out, "default_", who)
     print(f"look at: {overlay_path} (colour overlay), {run_dir / 'metrics.jsonl'} (scores)")
     return 0
 
