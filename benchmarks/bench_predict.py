@@ -80,8 +80,11 @@ def variants(work: Path, frames: Path, name: str, weights: Path | None, checkpoi
 
 
 def labels_of(folder: Path) -> dict[str, np.ndarray]:
+    """The label maps a variant wrote: the plain recipe into ``folder``, semseg predict into ``folder/labels``."""
     from semseg.io import read_label_map
 
+    if (folder / "labels").is_dir():
+        folder = folder / "labels"
     return {p.stem: read_label_map(p) for p in sorted(folder.glob("*.png"))}
 
 
