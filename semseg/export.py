@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.inference import Size, _pair, load_torch_model, model_meta, normalize
+from semseg.inference import Size, _pair, check_tta_scales, load_torch_model, model_meta, normalize
 from semseg.io import list_images, read_image, write_bytes_atomic
 
 PARITY_MIN_AGREEMENT = 0.999
@@ -357,8 +357,7 @@ def run_export(args: Any) -> int:
         raise SemsegError("--half applies to --format semseg (an ONNX graph is exported in float32)")
     model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
     if args.tta_scales is not None:
-        if min(args.tta_scales) <= 0:
-            raise SemsegError(f"--tta-scales must be positive numbers, got {args.tta_scales}")
+        check_tta_scales(args.tta_scales, "--tta-scales")
         model.pretrained_cfg = replace(model.pretrained_cfg, tta_scales=tuple(args.tta_scales))
     if args.format == "semseg":
         return _run_export_checkpoint(args, model)

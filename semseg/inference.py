@@ -391,8 +391,8 @@ class Predictor:
             tta = recommended is not None and getattr(model, "fixed_input_size", None) is None
         scales = scales if scales is not None else (recommended or DEFAULT_TTA_SCALES)
         self.tta, self.scales, self.flip = tta, tuple(float(s) for s in scales), flip
-        if tta and (not self.scales or min(self.scales) <= 0):
-            raise SemsegError(f"tta scales must be positive numbers, got {list(scales)}")
+        if tta:
+            check_tta_scales(self.scales, "tta scales")
         self._setup_window(crop, stride, model)
         self.model = model
         self._setup_compute(model, precision, device)
@@ -727,6 +727,12 @@ def _predict_pending(
         write_outputs(out_dir, path.stem, rgb, prediction, predictor.meta.palette)
     bar.update(len(pending))
     pending.clear()
+
+
+def check_tta_scales(scales: Sequence[float], name: str) -> None:
+    """Raise unless ``scales`` is a non-empty list of positive numbers; ``name`` is how the user gave them."""
+    if not scales or min(scales) <= 0:
+        raise SemsegError(f"{name} must be positive numbers, got {list(scales)}")
 
 
 def describe_tta(predictor: Predictor, asked: bool | None) -> str:

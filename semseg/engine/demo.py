@@ -8,9 +8,9 @@ network and no file outside the package is needed.
 from __future__ import annotations
 
 import time
-from typing import Any
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
