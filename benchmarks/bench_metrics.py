@@ -10,7 +10,7 @@ Label maps are realistic rather than uniform noise: smooth class regions, a
 prediction that disagrees near boundaries, and a void band (the ignore index)
 along ground-truth boundaries. Repeats are interleaved, in a rotating order,
 so that every implementation sees the same machine load; ratios are taken
-within a repeat. Every implementation's matrix is checked against semseg's.
+within a repeat. A sample is the mean of as many updates as fill 0.2 s. Every implementation's matrix is checked against semseg's.
 
     .venv/bin/python benchmarks/bench_metrics.py [--repeats 7] [--threads N]
 """
@@ -33,6 +33,9 @@ from semseg import metrics
 from semseg.metrics import ConfusionMatrix
 
 IGNORE = 255
+# Each sample times as many updates as fill about this long: one 3 ms update alone is mostly timer and
+# scheduler noise on a shared machine.
+SAMPLE_SECONDS = 0.2
 CASES = [  # (batch, height, width, classes): a CamVid validation batch, Cityscapes frames
     (8, 360, 480, 11),
     (1, 1024, 2048, 19),
@@ -77,13 +80,16 @@ def label_maps(batch: int, height: int, width: int, classes: int, seed: int) -> 
 
 
 def update_with_torch_threads(cm: ConfusionMatrix, pred: torch.Tensor, target: torch.Tensor) -> None:
-    """semseg's update with torch's intra-op threads left on (it normally counts on the calling thread only)."""
-    serial = metrics._serial_cpu
-    metrics._serial_cpu = lambda device: contextlib.nullcontext()
+    """semseg's update counting in one part with torch's intra-op threads on.
+
+    (It normally counts parts on its own threads, each running torch's kernels serially.)
+    """
+    serial, workers = metrics._serial_cpu, metrics._MAX_WORKERS
+    metrics._serial_cpu, metrics._MAX_WORKERS = (lambda device: contextlib.nullcontext()), 1
     try:
         cm.update(pred, target)
     finally:
-        metrics._serial_cpu = serial
+        metrics._serial_cpu, metrics._MAX_WORKERS = serial, workers
 
 
 def implementations(pred: torch.Tensor, target: torch.Tensor, classes: int) -> dict[str, tuple[Callable[[], None], Callable[[], np.ndarray]]]:
@@ -107,16 +113,22 @@ def run_case(batch: int, height: int, width: int, classes: int, repeats: int) ->
     impls = implementations(pred, target, classes)
     names = list(impls)
     seconds: dict[str, list[float]] = {name: [] for name in names}
-    for name in names:  # warm-up, and the first count for the equality check
+    calls = {}
+    for name in names:  # warm-up, the first count for the equality check, and calls per sample
+        start = time.perf_counter()
         impls[name][0]()
+        calls[name] = max(1, round(SAMPLE_SECONDS / (time.perf_counter() - start)))
     for repeat in range(repeats):
         for name in names[repeat % len(names):] + names[: repeat % len(names)]:
             start = time.perf_counter()
-            impls[name][0]()
-            seconds[name].append(time.perf_counter() - start)
+            for _ in range(calls[name]):
+                impls[name][0]()
+            seconds[name].append((time.perf_counter() - start) / calls[name])
+    # every implementation counted the batch 1 + repeats * calls times: compare the counts per update
+    updates = {name: 1 + repeats * calls[name] for name in names}
     expected = impls["semseg uint8"][1]()
     for name in names:
-        if not np.array_equal(impls[name][1](), expected):
+        if not np.array_equal(impls[name][1]() * updates["semseg uint8"], expected * updates[name]):
             raise SystemExit(f"{name} counted a different confusion matrix")
     return seconds
 
@@ -130,7 +142,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, load average "
           f"{os.getloadavg()[0]:.1f}, {args.repeats} interleaved repeats; megapixels/s (medians but 'best');")
-    print("int64: semseg on int64 maps (argmax output, collated masks); threads: semseg with torch's threads on")
+    print("int64: semseg on int64 maps (argmax output, collated masks); threads: semseg in one part with torch's threads on")
     print(f"{'label maps':<22} {'semseg uint8':>12} {'(best)':>6} {'int64':>6} {'threads':>7} {'tv refs':>8}"
           f" {'torchmetrics':>12} {'x tv refs':>10} {'x torchmetrics':>14}")
     for batch, height, width, classes in CASES:

@@ -192,6 +192,55 @@ def test_update_leaves_torch_thread_count_as_it_was():
     assert torch.get_num_threads() == threads
 
 
+@pytest.mark.parametrize(
+    "num_classes, ignore_index, dtype",
+    [(6, 255, np.uint8), (6, 255, np.int64), (19, 255, np.uint8), (6, -1, np.int16)],  # pairs, direct rows, remapped
+)
+def test_parts_counted_on_threads_add_up_and_a_bad_value_in_any_part_is_found(monkeypatch, num_classes, ignore_index, dtype):
+    monkeypatch.setattr(metrics, "_MIN_PIXELS_PER_WORKER", 500)  # several parts even for small maps
+    monkeypatch.setattr(metrics, "_CPU_CHUNK", 700)  # and several chunks per part
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # three parts; torch may run with fewer real threads, the split is what matters
+    try:
+        pred, target = (a.astype(dtype) for a in edge_case_batches(num_classes)[0])
+        target[target == IGNORE] = ignore_index
+        cm = ConfusionMatrix(num_classes, ignore_index)
+        assert metrics._worker_count(torch.from_numpy(pred)) == 3
+        cm.update(pred, target)
+        np.testing.assert_array_equal(cm.matrix, brute_force_matrix(pred, target, num_classes, ignore_index))
+        for part in (0, 2):  # a bad target in the first part, then a bad prediction in the last
+            bad_target, bad_pred = target.copy(), pred.copy()
+            (bad_target if part == 0 else bad_pred)[part, 0, :2] = 40
+            with pytest.raises(LabelValueError, match=r"40 \(2 pixels\)"):
+                cm.update(bad_pred, bad_target)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _count_in_child(queue) -> None:
+    pred, target = edge_case_batches()[0]
+    cm = ConfusionMatrix(6)
+    cm.update(pred, target)
+    queue.put(cm.matrix.tolist())
+
+
+def test_a_forked_child_counts_on_threads_of_its_own(monkeypatch):
+    """Threads do not survive fork: a child (e.g. a DataLoader worker) must not submit to its parent's pool."""
+    monkeypatch.setattr(metrics, "_MIN_PIXELS_PER_WORKER", 500)
+    if torch.get_num_threads() < 2:
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    pred, target = edge_case_batches()[0]
+    ConfusionMatrix(6).update(pred, target)  # the parent's pool exists now
+    context = mp.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_count_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == brute_force_matrix(pred, target, 6, IGNORE).tolist()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_tensors_count_like_cpu_ones():
     pred, target = edge_case_batches()[0]
