@@ -404,7 +404,8 @@ def _joint_histogram(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     """
     bins = rows * num_classes * _LANES
     dtype = torch.int16 if bins <= 1 << 15 else torch.int32 if bins <= 1 << 31 else torch.int64
-    target, pred = _narrow(target, dtype, scratch, "target"), _narrow(pred, dtype, scratch, "pred")
+    # one dtype for every operand: on the CPU torch would copy a mixed-dtype operand into a fresh allocation
+    target, pred = _as_dtype(target, dtype, scratch, "target"), _as_dtype(pred, dtype, scratch, "pred")
     joint = _buffer(scratch, "joint", dtype, target)
     torch.add(_lanes(scratch, dtype, target), target, alpha=num_classes * _LANES, out=joint)
     joint.add_(pred, alpha=_LANES)
@@ -421,13 +422,6 @@ def _buffer(scratch: Scratch, name: str, dtype: torch.dtype, like: torch.Tensor)
     if key not in scratch or scratch[key].numel() < like.numel():
         scratch[key] = torch.empty(like.numel(), dtype=dtype, device=like.device)
     return scratch[key][: like.numel()]
-
-
-def _narrow(part: torch.Tensor, dtype: torch.dtype, scratch: Scratch, name: str) -> torch.Tensor:
-    """``part`` itself if it promotes to ``dtype``, else a copy in ``dtype`` (mixed int64 arithmetic allocates)."""
-    if torch.promote_types(part.dtype, dtype) == dtype:
-        return part
-    return _buffer(scratch, name, dtype, part).copy_(part)
 
 
 def _lanes(scratch: Scratch, dtype: torch.dtype, like: torch.Tensor, lanes: int = _LANES) -> torch.Tensor:
