@@ -166,7 +166,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="TTA scales (default: the model's recommended scales, else 0.75 1 1.25)")
     p.add_argument("--no-flip", action="store_true", help="TTA without the mirrored views")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    p.add_argument("--batch-size", type=int, default=4, help="images (whole) or tiles (slide) per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images (whole) or tiles (slide) per forward pass (default: 1 on the CPU, 4 on a GPU)")
     p.add_argument("--workers", type=int, default=1, help="image-decoding processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--confidence", action="store_true", help="also write DIR/confidence/<name>.png (max probability)")

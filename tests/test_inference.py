@@ -21,6 +21,7 @@ from semseg import inference
 from semseg.errors import SemsegError
 from semseg.inference import (
     Predictor,
+    default_batch_size,
     blend_weights,
     normalize,
     predict_whole,
@@ -239,6 +240,12 @@ def test_batches_of_mixed_sizes_match_single_images():
     batched = predictor.predict_batch(images)
     for image, result in zip(images, batched):
         np.testing.assert_array_equal(result.labels, predictor(image))
+
+
+def test_batch_size_defaults_to_one_image_on_the_cpu_and_can_be_set():
+    assert Predictor(ToySeg(), device="cpu").batch_size == 1
+    assert Predictor(ToySeg(), device="cpu", batch_size=3).batch_size == 3
+    assert default_batch_size(torch.device("cuda")) == 4
 
 
 def test_normalization_comes_from_the_model():
