@@ -328,7 +328,10 @@ def _count_chunk(
     low, high = (int(v) for v in torch.aminmax(pred))
     if low < 0 or high >= num_classes:
         raise _OutOfRange("prediction")
-    low, high = (int(v) for v in torch.aminmax(target))
+    if target.dtype == torch.uint8 and ignore_index == 255:  # masks as read: the histogram rows check the range
+        low, high = 0, 255
+    else:
+        low, high = (int(v) for v in torch.aminmax(target))
     if _pairs_apply(num_classes, ignore_index, low, high):
         return _count_chunk_in_pairs(pred, target, num_classes, scratch)
     ignore_row = ignore_index
