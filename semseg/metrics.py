@@ -408,10 +408,14 @@ def _joint_histogram(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     bins = rows * num_classes * _LANES
     dtype = torch.int16 if bins <= 1 << 15 else torch.int32 if bins <= 1 << 31 else torch.int64
     # one dtype for every operand: on the CPU torch would copy a mixed-dtype operand into a fresh allocation
-    target, pred = _as_dtype(target, dtype, scratch, "target"), _as_dtype(pred, dtype, scratch, "pred")
     joint = _buffer(scratch, "joint", dtype, target)
-    torch.add(_lanes(scratch, dtype, target), target, alpha=num_classes * _LANES, out=joint)
-    joint.add_(pred, alpha=_LANES)
+    if num_classes * _LANES <= 256:  # pred * 4 + lane in bytes, widened once: less memory traffic
+        pred = _as_dtype(pred, torch.uint8, scratch, "pred")
+        low = torch.add(_lanes(scratch, torch.uint8, pred), pred, alpha=_LANES, out=_buffer(scratch, "low", torch.uint8, pred))
+        joint.copy_(low)
+    else:
+        torch.add(_lanes(scratch, dtype, pred), _as_dtype(pred, dtype, scratch, "pred"), alpha=_LANES, out=joint)
+    joint.add_(_as_dtype(target, dtype, scratch, "target"), alpha=num_classes * _LANES)
     return torch.bincount(joint, minlength=bins).view(-1, _LANES).sum(dim=1)
 
 
