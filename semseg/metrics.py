@@ -279,7 +279,7 @@ def _count_parallel(
     Why: torch's bincount loop is serial, and its OpenMP threads are worse
     than none on a busy CPU (see :func:`_serial_cpu`). Plain threads counting
     separate parts have no barrier to spin at: torch releases the GIL inside
-    each kernel, and on the project's 2-core machine two parts counted 1.4-1.7x
+    each kernel, and on the project's 2-core machine two parts counted 1.2-1.5x
     faster than one on CamVid- and Cityscapes-sized batches
     (benchmarks/bench_metrics.py). ``torch.set_num_threads(1)`` turns it off.
     """
@@ -311,6 +311,8 @@ def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < workers:
+            if _POOL is not None and _POOL[0] == os.getpid():
+                _POOL[2].shutdown(wait=False)  # a smaller pool of this process: its idle threads end
             _POOL = (os.getpid(), workers, concurrent.futures.ThreadPoolExecutor(workers, "semseg-metrics"))
         return _POOL[2]
 
