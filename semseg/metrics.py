@@ -307,12 +307,13 @@ _POOL_LOCK = threading.Lock()
 
 
 def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
-    """A process-wide pool of at least ``workers`` threads, made again in a forked child (threads do not survive fork)."""
+    """A process-wide pool of at least ``workers`` threads, made again in a forked child (threads do not survive fork).
+
+    A smaller pool it replaces is left to idle rather than shut down: another thread may be submitting to it.
+    """
     global _POOL
     with _POOL_LOCK:
         if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < workers:
-            if _POOL is not None and _POOL[0] == os.getpid():
-                _POOL[2].shutdown(wait=False)  # a smaller pool of this process: its idle threads end
             _POOL = (os.getpid(), workers, concurrent.futures.ThreadPoolExecutor(workers, "semseg-metrics"))
         return _POOL[2]
 
