@@ -55,7 +55,7 @@ _LANES = 4  # interleaved sub-histograms, see _joint_histogram
 _MIN_PIXELS_PER_WORKER = 1 << 18
 _MAX_WORKERS = 8
 _PAIR_LANES = 2  # interleaved sub-histograms of the pair counting, see _count_chunk_in_pairs
-_MAX_PAIR_BINS = 1 << 15  # pair histogram bins, int16 indices: up to 11 classes (larger histograms measured slower)
+_MAX_PAIR_BINS = 1 << 15  # pair histogram bins, int16 indices: up to 11 classes (int32 ones measured slower)
 # Target values index histogram rows as they are while rows x classes stays this
 # small; other targets (ignore index -1 or 65535) are remapped first.
 _MAX_DIRECT_ROWS_X_CLASSES = 1 << 16
@@ -361,35 +361,44 @@ def _count_chunk_in_pairs(pred: torch.Tensor, target: torch.Tensor, num_classes:
 
     Why: torch's bincount loop is the cost of counting (about 2 ns per
     element here); counting pixel i and pixel i + n/2 as one pair value
-    halves its steps. Each pixel first gets a value v in 0..C*C, in bytes
-    where they suffice: 0 for an ignored pixel (whatever its prediction),
-    1 + target * C + pred otherwise; the pair (v_i, v_{i+n/2}) is one bin of
-    a (C*C+1)^2 histogram, in two interleaved lanes (see
-    :func:`_joint_histogram` for why lanes). The target's range check is one
-    max pass: adding 1 in uint8 wraps the ignore index 255 to 0, so anything
-    above C is neither a class nor ignore. Every operation takes operands of
-    one dtype: on the CPU torch copies a mixed-dtype operand first.
+    halves its steps. Each pixel first gets a byte value v in 0..C*C: 0 for
+    an ignored pixel (whatever its prediction), 1 + target * C + pred
+    otherwise; the pair (v_i, v_{i+n/2}) is one bin of a (C*C+1)^2 int16
+    histogram, in two interleaved lanes (see :func:`_joint_histogram` for
+    why lanes). The target's range check is one max pass: adding 1 in uint8
+    wraps the ignore index 255 to 0, so anything above C is neither a class
+    nor ignore. Every operation takes operands of one dtype: on the CPU torch
+    copies a mixed-dtype operand first.
     """
     classes, n, half = num_classes, pred.numel(), pred.numel() // 2
     target, pred = _as_dtype(target, torch.uint8, scratch, "target"), _as_dtype(pred, torch.uint8, scratch, "pred")
     shifted = torch.add(target, 1, out=_buffer(scratch, "shifted", torch.uint8, target))  # 255 -> 0, c -> c + 1
     if int(shifted.max()) > classes:
         raise _OutOfRange("target")
+    # (shifted * C + pred) clamped to C - 1 is v + C - 1: ignored pixels (shifted 0) all become C - 1;
+    # the C - 1 is taken off once per pair, in the lane offsets, instead of once per pixel
+    values = torch.add(pred, shifted, alpha=classes, out=shifted).clamp_(min=classes - 1)
+    values = _as_dtype(values, torch.int16, scratch, "values")
     distinct = classes * classes + 1
     bins = distinct * distinct * _PAIR_LANES
-    pixel_dtype = torch.uint8 if classes * (classes + 1) <= 255 else torch.int16
-    index_dtype = torch.int16 if bins <= 1 << 15 else torch.int32
-    values = _as_dtype(shifted, pixel_dtype, scratch, "values").mul_(classes)
-    values.add_(_as_dtype(pred, pixel_dtype, scratch, "pred")).clamp_(min=classes - 1).sub_(classes - 1)
-    values = _as_dtype(values, index_dtype, scratch, "values")
-    pairs = _buffer(scratch, "pairs", index_dtype, values[:half])
-    torch.add(_lanes(scratch, index_dtype, pairs, _PAIR_LANES), values[half : 2 * half], alpha=_PAIR_LANES, out=pairs)
+    pairs = _buffer(scratch, "pairs", torch.int16, values[:half])
+    torch.add(_pair_offsets(scratch, classes, pairs), values[half : 2 * half], alpha=_PAIR_LANES, out=pairs)
     pairs.add_(values[:half], alpha=distinct * _PAIR_LANES)
     histogram = torch.bincount(pairs, minlength=bins).view(distinct, distinct, _PAIR_LANES).sum(dim=2)
     per_value = histogram.sum(dim=0) + histogram.sum(dim=1)
     if n % 2:
-        per_value[int(values[-1])] += 1
+        per_value[int(values[-1]) - (classes - 1)] += 1
     return per_value[1:].view(classes, classes).cpu().numpy()
+
+
+def _pair_offsets(scratch: Scratch, num_classes: int, like: torch.Tensor) -> torch.Tensor:
+    """Per pair: its lane, less (C - 1) for each of its two values, as long as ``like`` (int16)."""
+    distinct = num_classes * num_classes + 1
+    offset = (num_classes - 1) * (distinct + 1) * _PAIR_LANES
+    key = (f"pair_offsets{num_classes}", torch.int16, like.device)
+    if key not in scratch or scratch[key].numel() < like.numel():
+        scratch[key] = _lanes(scratch, torch.int16, like, _PAIR_LANES) - offset
+    return scratch[key][: like.numel()]
 
 
 def _as_dtype(labels: torch.Tensor, dtype: torch.dtype, scratch: Scratch, name: str) -> torch.Tensor:
