@@ -10,7 +10,8 @@ Label maps are realistic rather than uniform noise: smooth class regions, a
 prediction that disagrees near boundaries, and a void band (the ignore index)
 along ground-truth boundaries. Repeats are interleaved, in a rotating order,
 so that every implementation sees the same machine load; ratios are taken
-within a repeat. A sample is the mean of as many updates as fill 0.2 s. Every implementation's matrix is checked against semseg's.
+within a repeat. A sample is the mean of as many updates as fill 0.2 s.
+Every implementation's matrix is checked against semseg's.
 
     .venv/bin/python benchmarks/bench_metrics.py [--repeats 7] [--threads N]
 """

@@ -33,7 +33,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -382,23 +382,14 @@ def _count_chunk_in_pairs(pred: torch.Tensor, target: torch.Tensor, num_classes:
     distinct = classes * classes + 1
     bins = distinct * distinct * _PAIR_LANES
     pairs = _buffer(scratch, "pairs", torch.int16, values[:half])
-    torch.add(_pair_offsets(scratch, classes, pairs), values[half : 2 * half], alpha=_PAIR_LANES, out=pairs)
+    offsets = _lanes(scratch, torch.int16, pairs, _PAIR_LANES, offset=(classes - 1) * (distinct + 1) * _PAIR_LANES)
+    torch.add(offsets, values[half : 2 * half], alpha=_PAIR_LANES, out=pairs)
     pairs.add_(values[:half], alpha=distinct * _PAIR_LANES)
     histogram = torch.bincount(pairs, minlength=bins).view(distinct, distinct, _PAIR_LANES).sum(dim=2)
     per_value = histogram.sum(dim=0) + histogram.sum(dim=1)
     if n % 2:
         per_value[int(values[-1]) - (classes - 1)] += 1
     return per_value[1:].view(classes, classes).cpu().numpy()
-
-
-def _pair_offsets(scratch: Scratch, num_classes: int, like: torch.Tensor) -> torch.Tensor:
-    """Per pair: its lane, less (C - 1) for each of its two values, as long as ``like`` (int16)."""
-    distinct = num_classes * num_classes + 1
-    offset = (num_classes - 1) * (distinct + 1) * _PAIR_LANES
-    key = (f"pair_offsets{num_classes}", torch.int16, like.device)
-    if key not in scratch or scratch[key].numel() < like.numel():
-        scratch[key] = _lanes(scratch, torch.int16, like, _PAIR_LANES) - offset
-    return scratch[key][: like.numel()]
 
 
 def _as_dtype(labels: torch.Tensor, dtype: torch.dtype, scratch: Scratch, name: str) -> torch.Tensor:
@@ -437,17 +428,22 @@ def _buffer(scratch: Scratch, name: str, dtype: torch.dtype, like: torch.Tensor)
     Why: a fresh 2 MiB CPU allocation goes back to the OS when freed, and the
     page faults of touching it again took as long as the counting.
     """
+    return _kept(scratch, name, dtype, like, lambda n: torch.empty(n, dtype=dtype, device=like.device))
+
+
+def _lanes(scratch: Scratch, dtype: torch.dtype, like: torch.Tensor, lanes: int = _LANES, offset: int = 0) -> torch.Tensor:
+    """The sub-histogram of each pixel, 0, 1, .., lanes - 1, 0, 1, ..., less ``offset``, as long as ``like``."""
+    return _kept(
+        scratch, f"lanes{lanes}-{offset}", dtype, like,
+        lambda n: (torch.arange(n, device=like.device) % lanes - offset).to(dtype),
+    )
+
+
+def _kept(scratch: Scratch, name: str, dtype: torch.dtype, like: torch.Tensor, make: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """``make(len(like))`` the first time (or when ``like`` is longer), kept in ``scratch``; a view of ``like``'s length."""
     key = (name, dtype, like.device)
     if key not in scratch or scratch[key].numel() < like.numel():
-        scratch[key] = torch.empty(like.numel(), dtype=dtype, device=like.device)
-    return scratch[key][: like.numel()]
-
-
-def _lanes(scratch: Scratch, dtype: torch.dtype, like: torch.Tensor, lanes: int = _LANES) -> torch.Tensor:
-    """The sub-histogram of each pixel, 0, 1, .., lanes - 1, 0, 1, ..., as long as ``like``."""
-    key = (f"lanes{lanes}", dtype, like.device)
-    if key not in scratch or scratch[key].numel() < like.numel():
-        scratch[key] = (torch.arange(like.numel(), device=like.device) % lanes).to(dtype)
+        scratch[key] = make(like.numel())
     return scratch[key][: like.numel()]
 
 
