@@ -33,6 +33,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
@@ -54,8 +55,6 @@ _LANES = 4  # interleaved sub-histograms, see _joint_histogram
 # Larger inputs are counted in parts on threads, each part at least this big.
 _MIN_PIXELS_PER_WORKER = 1 << 18
 _MAX_WORKERS = 8
-_PAIR_LANES = 2  # interleaved sub-histograms of the pair counting, see _count_chunk_in_pairs
-_MAX_PAIR_BINS = 1 << 15  # pair histogram bins, int16 indices: up to 11 classes (int32 ones measured slower)
 # Target values index histogram rows as they are while rows x classes stays this
 # small; other targets (ignore index -1 or 65535) are remapped first.
 _MAX_DIRECT_ROWS_X_CLASSES = 1 << 16
@@ -231,9 +230,9 @@ def _count_pairs(
 
     On the CPU a large input is split into contiguous parts counted on up to
     ``torch.get_num_threads()`` threads (see :func:`_count_parallel`); each part
-    goes through in chunks of 1M pixels, range checks included, so each input
-    is read from memory once and the temporaries stay in cache. On an
-    accelerator in one piece.
+    is counted by one compiled loop (:func:`_count_compiled`), or, where numba
+    is missing, by torch in chunks of 1M pixels so that the temporaries stay in
+    cache. On an accelerator with torch, in one piece.
     """
     pred, target = pred.reshape(-1), target.reshape(-1)
     workers = _worker_count(pred)
@@ -263,6 +262,9 @@ def _scratch(scratches: list[Scratch], index: int) -> Scratch:
 def _count_serial(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int, scratch: Scratch
 ) -> np.ndarray:
+    kernels = _compiled_kernels() if pred.device.type == "cpu" else None
+    if kernels is not None:  # no temporaries to keep in cache: the part in one call
+        return _count_compiled(kernels, pred, target, num_classes, ignore_index)
     step = _CPU_CHUNK if pred.device.type == "cpu" else pred.numel()
     counts = np.zeros((num_classes, num_classes), dtype=np.int64)
     for start in range(0, pred.numel(), step):
@@ -276,12 +278,13 @@ def _count_parallel(
 ) -> np.ndarray:
     """Counts of ``workers`` contiguous parts, each on its own thread, summed.
 
-    Why: torch's bincount loop is serial, and its OpenMP threads are worse
-    than none on a busy CPU (see :func:`_serial_cpu`). Plain threads counting
-    separate parts have no barrier to spin at: torch releases the GIL inside
-    each kernel, and on the project's 2-core machine two parts counted 1.2-1.5x
-    faster than one on CamVid- and Cityscapes-sized batches
-    (benchmarks/bench_metrics.py). ``torch.set_num_threads(1)`` turns it off.
+    Why: the counting loops are serial (semseg's compiled one and torch's
+    bincount), and torch's OpenMP threads are worse than none on a busy CPU
+    (see :func:`_serial_cpu`). Plain threads counting separate parts have no
+    barrier to spin at: the compiled loop and torch's kernels release the GIL,
+    and on the project's 2-core machine two parts counted 1.1-1.7x faster than
+    one on CamVid- and Cityscapes-sized batches (benchmarks/bench_metrics.py,
+    "threads" column). ``torch.set_num_threads(1)`` turns it off.
     """
     bounds = np.linspace(0, pred.numel(), workers + 1).astype(int)
     pool = _thread_pool(workers)
@@ -318,10 +321,49 @@ def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
         return _POOL[2]
 
 
+@functools.cache
+def _compiled_kernels() -> ModuleType | None:
+    """semseg's compiled counting loops, or None where numba is not installed (torch's bincount is used then)."""
+    try:
+        from semseg import _confusion_kernels
+    except ImportError:
+        return None
+    return _confusion_kernels
+
+
+def _count_compiled(
+    kernels: ModuleType, pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int
+) -> np.ndarray:
+    """Counts int64 [C, C] of flat CPU label maps, in one compiled loop (see semseg/_confusion_kernels.py)."""
+    pred_np, target_np = pred.contiguous().numpy(), target.contiguous().numpy()
+    lanes = kernels.LANES
+    if pred.dtype == target.dtype == torch.uint8 and 256 * num_classes <= _MAX_DIRECT_ROWS_X_CLASSES:
+        histogram = np.zeros((lanes, 256 * num_classes + 256), dtype=np.int64)
+        whole_words = pred_np.size // 8 * 8  # uint64 views, unaligned ones included (numba then loads bytewise)
+        words = pred_np[:whole_words].view(np.uint64), target_np[:whole_words].view(np.uint64)
+        if kernels.count_bytes(pred_np, target_np, *words, num_classes, histogram) >= num_classes:
+            raise _OutOfRange("prediction")
+        rows = histogram.sum(axis=0)[: 256 * num_classes].reshape(256, num_classes)
+        other_rows = rows[num_classes:].sum(axis=1)
+        if 0 <= ignore_index < 256:
+            other_rows[ignore_index - num_classes] = 0
+        if other_rows.any():
+            raise _OutOfRange("target")
+        return rows[:num_classes]
+    histogram = np.zeros((lanes, (num_classes + 2) * num_classes), dtype=np.int64)
+    smallest, largest = kernels.count_any(pred_np, target_np, num_classes, ignore_index, histogram)
+    if smallest < 0 or largest >= num_classes:
+        raise _OutOfRange("prediction")
+    histogram = histogram.sum(axis=0)
+    if histogram[(num_classes + 1) * num_classes :].any():
+        raise _OutOfRange("target")
+    return histogram[: num_classes * num_classes].reshape(num_classes, num_classes)
+
+
 def _count_chunk(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int, scratch: Scratch
 ) -> np.ndarray:
-    """Counts int64 [C, C] of flat label maps.
+    """Counts int64 [C, C] of flat label maps with torch: on an accelerator, or on a CPU without numba.
 
     One bincount over the joint index ``target * C + pred``, int16 when it
     fits. The prediction range is checked by a min/max pass; the target range
@@ -335,8 +377,6 @@ def _count_chunk(
         low, high = 0, 255
     else:
         low, high = (int(v) for v in torch.aminmax(target))
-    if _pairs_apply(num_classes, ignore_index, low, high):
-        return _count_chunk_in_pairs(pred, target, num_classes, scratch)
     ignore_row = ignore_index
     if low < 0 or (high + 1) * num_classes > _MAX_DIRECT_ROWS_X_CLASSES:
         target, ignore_row, high = _remap_ignore(target, num_classes, ignore_index), num_classes, num_classes
@@ -346,50 +386,6 @@ def _count_chunk(
     if np.any((table[num_classes:].sum(axis=1) > 0) & (extra_rows != ignore_row)):
         raise _OutOfRange("target")
     return table[:num_classes]
-
-
-def _pairs_apply(num_classes: int, ignore_index: int, target_low: int, target_high: int) -> bool:
-    """Whether :func:`_count_chunk_in_pairs` can count these targets: few classes, and byte-sized
-    targets whose only non-class value, if any, is the ignore index 255 (masks as they are read)."""
-    if (num_classes * num_classes + 1) ** 2 * _PAIR_LANES > _MAX_PAIR_BINS or target_low < 0:
-        return False
-    return target_high < num_classes or (ignore_index == 255 and target_high <= 255)
-
-
-def _count_chunk_in_pairs(pred: torch.Tensor, target: torch.Tensor, num_classes: int, scratch: Scratch) -> np.ndarray:
-    """Counts int64 [C, C] of flat label maps with few classes, two pixels per bincount step.
-
-    Why: torch's bincount loop is the cost of counting (about 2 ns per
-    element here); counting pixel i and pixel i + n/2 as one pair value
-    halves its steps. Each pixel first gets a byte value v in 0..C*C: 0 for
-    an ignored pixel (whatever its prediction), 1 + target * C + pred
-    otherwise; the pair (v_i, v_{i+n/2}) is one bin of a (C*C+1)^2 int16
-    histogram, in two interleaved lanes (see :func:`_joint_histogram` for
-    why lanes). The target's range check is one max pass: adding 1 in uint8
-    wraps the ignore index 255 to 0, so anything above C is neither a class
-    nor ignore. Every operation takes operands of one dtype: on the CPU torch
-    copies a mixed-dtype operand first.
-    """
-    classes, n, half = num_classes, pred.numel(), pred.numel() // 2
-    target, pred = _as_dtype(target, torch.uint8, scratch, "target"), _as_dtype(pred, torch.uint8, scratch, "pred")
-    shifted = torch.add(target, 1, out=_buffer(scratch, "shifted", torch.uint8, target))  # 255 -> 0, c -> c + 1
-    if int(shifted.max()) > classes:
-        raise _OutOfRange("target")
-    # (shifted * C + pred) clamped to C - 1 is v + C - 1: ignored pixels (shifted 0) all become C - 1;
-    # the C - 1 is taken off once per pair, in the lane offsets, instead of once per pixel
-    values = torch.add(pred, shifted, alpha=classes, out=shifted).clamp_(min=classes - 1)
-    values = _as_dtype(values, torch.int16, scratch, "values")
-    distinct = classes * classes + 1
-    bins = distinct * distinct * _PAIR_LANES
-    pairs = _buffer(scratch, "pairs", torch.int16, values[:half])
-    offsets = _lanes(scratch, torch.int16, pairs, _PAIR_LANES, offset=(classes - 1) * (distinct + 1) * _PAIR_LANES)
-    torch.add(offsets, values[half : 2 * half], alpha=_PAIR_LANES, out=pairs)
-    pairs.add_(values[:half], alpha=distinct * _PAIR_LANES)
-    histogram = torch.bincount(pairs, minlength=bins).view(distinct, distinct, _PAIR_LANES).sum(dim=2)
-    per_value = histogram.sum(dim=0) + histogram.sum(dim=1)
-    if n % 2:
-        per_value[int(values[-1]) - (classes - 1)] += 1
-    return per_value[1:].view(classes, classes).cpu().numpy()
 
 
 def _as_dtype(labels: torch.Tensor, dtype: torch.dtype, scratch: Scratch, name: str) -> torch.Tensor:
@@ -431,12 +427,9 @@ def _buffer(scratch: Scratch, name: str, dtype: torch.dtype, like: torch.Tensor)
     return _kept(scratch, name, dtype, like, lambda n: torch.empty(n, dtype=dtype, device=like.device))
 
 
-def _lanes(scratch: Scratch, dtype: torch.dtype, like: torch.Tensor, lanes: int = _LANES, offset: int = 0) -> torch.Tensor:
-    """The sub-histogram of each pixel, 0, 1, .., lanes - 1, 0, 1, ..., less ``offset``, as long as ``like``."""
-    return _kept(
-        scratch, f"lanes{lanes}-{offset}", dtype, like,
-        lambda n: (torch.arange(n, device=like.device) % lanes - offset).to(dtype),
-    )
+def _lanes(scratch: Scratch, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    """The sub-histogram of each pixel, 0, 1, 2, 3, 0, 1, ..., as long as ``like``."""
+    return _kept(scratch, "lanes", dtype, like, lambda n: (torch.arange(n, device=like.device) % _LANES).to(dtype))
 
 
 def _kept(scratch: Scratch, name: str, dtype: torch.dtype, like: torch.Tensor, make: Callable[[int], torch.Tensor]) -> torch.Tensor:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -48,6 +50,23 @@ def edge_case_batches(num_classes: int = 6, seed: int = 0) -> list[tuple[np.ndar
         batches.append((pred, target))
     batches[1][1][0] = IGNORE  # an all-ignore image
     return batches
+
+
+@contextlib.contextmanager
+def counting_with(backend: str):
+    """CPU counting by semseg's compiled loops ("compiled", the default) or by torch alone ("torch", where numba is missing)."""
+    if backend == "compiled":
+        assert metrics._compiled_kernels() is not None  # numba is a dependency: the compiled loops must load
+        yield
+        return
+    with mock.patch.object(metrics, "_compiled_kernels", lambda: None):
+        yield
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def counting(request):
+    with counting_with(request.param):
+        yield request.param
 
 
 def accumulate(batches, num_classes: int = 6) -> ConfusionMatrix:
@@ -100,8 +119,9 @@ def test_an_empty_matrix_scores_nan_and_reports_null():
     dtype=st.sampled_from([np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64]),
     ignore_index=st.sampled_from([255, -1, 100, 65535]),
     seed=st.integers(0, 2**16),
+    backend=st.sampled_from(["compiled", "torch"]),
 )
-def test_counts_equal_a_pixel_by_pixel_count(num_classes, shape, dtype, ignore_index, seed):
+def test_counts_equal_a_pixel_by_pixel_count(num_classes, shape, dtype, ignore_index, seed, backend):
     info = np.iinfo(dtype)
     assume(num_classes <= info.max and info.min <= ignore_index <= info.max and not 0 <= ignore_index < num_classes)
     rng = np.random.default_rng(seed)
@@ -109,11 +129,13 @@ def test_counts_equal_a_pixel_by_pixel_count(num_classes, shape, dtype, ignore_i
     target = rng.integers(0, num_classes, shape).astype(dtype)
     target[rng.random(shape) < 0.3] = ignore_index
     cm = ConfusionMatrix(num_classes, ignore_index)
-    cm.update(pred, target)
+    with counting_with(backend):
+        cm.update(pred, target)
     np.testing.assert_array_equal(cm.matrix, brute_force_matrix(pred, target, num_classes, ignore_index))
     assert cm.num_images == (1 if len(shape) == 2 else shape[0])
 
 
+@pytest.mark.usefixtures("counting")
 def test_torch_and_numpy_inputs_of_any_integer_dtype_count_the_same():
     pred, target = edge_case_batches()[0]
     expected = brute_force_matrix(pred, target, 6, IGNORE)
@@ -132,6 +154,7 @@ def test_torch_and_numpy_inputs_of_any_integer_dtype_count_the_same():
         np.testing.assert_array_equal(cm.matrix, expected)
 
 
+@pytest.mark.usefixtures("counting")
 def test_boolean_maps_count_as_classes_0_and_1():
     pred = np.array([[True, False], [True, True]])
     cm = ConfusionMatrix(2)
@@ -139,6 +162,7 @@ def test_boolean_maps_count_as_classes_0_and_1():
     assert cm.matrix.tolist() == [[1, 1], [0, 1]]
 
 
+@pytest.mark.usefixtures("counting")
 def test_a_batch_counts_like_its_images_one_by_one():
     pred, target = edge_case_batches()[0]
     batch, single = ConfusionMatrix(6), ConfusionMatrix(6)
@@ -149,8 +173,9 @@ def test_a_batch_counts_like_its_images_one_by_one():
     assert batch.num_images == single.num_images == 3
 
 
+@pytest.mark.usefixtures("counting")
 def test_chunks_add_up_and_a_bad_value_in_a_later_chunk_is_found(monkeypatch):
-    monkeypatch.setattr(metrics, "_CPU_CHUNK", 1000)  # several chunks per image
+    monkeypatch.setattr(metrics, "_CPU_CHUNK", 1000)  # several chunks per image (torch counting)
     pred, target = edge_case_batches()[0]
     cm = ConfusionMatrix(6)
     cm.update(pred, target)
@@ -159,6 +184,32 @@ def test_chunks_add_up_and_a_bad_value_in_a_later_chunk_is_found(monkeypatch):
     target[2, -1, -3:] = 9
     with pytest.raises(LabelValueError, match=r"9 \(3 pixels\)"):
         cm.update(pred, target)
+
+
+@pytest.mark.parametrize("offset", range(9))
+def test_byte_maps_count_exactly_at_any_alignment_with_uniform_and_mixed_words(offset):
+    """The compiled loop reads byte maps 8 pixels at a time (uint64 words), and counts
+    words holding one (target, prediction) value with one add: runs of every length,
+    starting anywhere, and maps that do not start on an 8-byte boundary."""
+    rng = np.random.default_rng(offset)
+    lengths = rng.integers(1, 40, 300)
+    target = np.repeat(rng.integers(0, 5, lengths.size), lengths).astype(np.uint8)
+    target[rng.random(target.size) < 0.03] = IGNORE
+    pred = np.repeat(rng.integers(0, 5, lengths.size), lengths).astype(np.uint8)
+    buffer = np.zeros((2, target.size + 16), np.uint8)  # both maps start `offset` bytes past an 8-byte boundary
+    size = (target.size - 9) // 10 * 10
+    buffer[0, offset : offset + size], buffer[1, offset : offset + size] = pred[:size], target[:size]
+    pred, target = buffer[0, offset : offset + size].reshape(10, -1), buffer[1, offset : offset + size].reshape(10, -1)
+    assert pred.ctypes.data % 8 == offset % 8
+    cm = ConfusionMatrix(5)
+    cm.update(pred, target)
+    np.testing.assert_array_equal(cm.matrix, brute_force_matrix(pred, target, 5, IGNORE))
+    for values, name in ((pred, "prediction"), (target, "target")):  # a bad value filling one whole word
+        bad = values.copy().reshape(-1)
+        bad[16:24] = 9
+        with pytest.raises(LabelValueError, match=rf"9 \(8 pixels\)") as info:
+            cm.update(*((bad.reshape(pred.shape), target) if name == "prediction" else (pred, bad.reshape(pred.shape))))
+        assert info.value.source == name
 
 
 def test_merge_equals_one_accumulation():
@@ -192,9 +243,10 @@ def test_update_leaves_torch_thread_count_as_it_was():
     assert torch.get_num_threads() == threads
 
 
+@pytest.mark.usefixtures("counting")
 @pytest.mark.parametrize(
     "num_classes, ignore_index, dtype",
-    [(6, 255, np.uint8), (6, 255, np.int64), (19, 255, np.uint8), (6, -1, np.int16)],  # pairs, direct rows, remapped
+    [(6, 255, np.uint8), (6, 255, np.int64), (19, 255, np.uint8), (6, -1, np.int16)],  # bytes, any dtype, remapped
 )
 def test_parts_counted_on_threads_add_up_and_a_bad_value_in_any_part_is_found(monkeypatch, num_classes, ignore_index, dtype):
     monkeypatch.setattr(metrics, "_MIN_PIXELS_PER_WORKER", 500)  # several parts even for small maps
@@ -225,6 +277,7 @@ def _count_in_child(queue) -> None:
     queue.put(cm.matrix.tolist())
 
 
+@pytest.mark.usefixtures("counting")
 def test_a_forked_child_counts_on_threads_of_its_own(monkeypatch):
     """Threads do not survive fork: a child (e.g. a DataLoader worker) must not submit to its parent's pool."""
     monkeypatch.setattr(metrics, "_MIN_PIXELS_PER_WORKER", 500)
@@ -254,6 +307,7 @@ def test_cuda_tensors_count_like_cpu_ones():
 # ---------------------------------------------------------------- bad input
 
 
+@pytest.mark.usefixtures("counting")
 def test_a_target_value_that_is_no_class_nor_ignore_is_an_error_naming_values_and_counts():
     cm = ConfusionMatrix(3)
     target = np.array([[0, 7, 7], [255, 3, 1]], np.uint8)
@@ -263,6 +317,7 @@ def test_a_target_value_that_is_no_class_nor_ignore_is_an_error_naming_values_an
     assert cm.matrix.sum() == 0 and cm.num_images == 0  # nothing was counted
 
 
+@pytest.mark.usefixtures("counting")
 @pytest.mark.parametrize("ignore_index, bad", [(-1, -5), (65535, 700)])
 def test_remapped_ignore_values_still_reject_other_values(ignore_index, bad):
     cm = ConfusionMatrix(3, ignore_index)
@@ -271,6 +326,7 @@ def test_remapped_ignore_values_still_reject_other_values(ignore_index, bad):
         cm.update(np.zeros((2, 2), np.int64), target)
 
 
+@pytest.mark.usefixtures("counting")
 @pytest.mark.parametrize("value", [3, 255, -1])
 def test_a_prediction_outside_the_classes_is_an_error_even_on_ignored_pixels(value):
     cm = ConfusionMatrix(3)
@@ -280,6 +336,7 @@ def test_a_prediction_outside_the_classes_is_an_error_even_on_ignored_pixels(val
         cm.update(pred, target)
 
 
+@pytest.mark.usefixtures("counting")
 def test_int8_maps_with_many_classes_do_not_wrap_in_comparisons():
     cm = ConfusionMatrix(200, -1)  # 200 does not fit an int8: comparisons must not wrap it
     cm.update(np.array([[119, 3]], np.int8), np.array([[5, -1]], np.int8))
@@ -304,6 +361,7 @@ def test_shapes_dtypes_and_settings_are_checked():
         ConfusionMatrix(0)
 
 
+@pytest.mark.usefixtures("counting")
 def test_empty_maps_count_images_only():
     cm = ConfusionMatrix(3)
     cm.update(np.zeros((2, 0, 5), np.uint8), np.zeros((2, 0, 5), np.uint8))
