@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import json
 import math
 from unittest import mock
@@ -210,6 +211,26 @@ def test_byte_maps_count_exactly_at_any_alignment_with_uniform_and_mixed_words(o
         with pytest.raises(LabelValueError, match=rf"9 \(8 pixels\)") as info:
             cm.update(*((bad.reshape(pred.shape), target) if name == "prediction" else (pred, bad.reshape(pred.shape))))
         assert info.value.source == name
+
+
+def test_compiled_loops_still_load_where_no_disk_cache_can_be_written(monkeypatch):
+    """numba refuses cache=True at decoration when no cache directory is writable (a read-only
+    install and home); the loops then compile in each process instead of failing the import."""
+    numba = pytest.importorskip("numba")
+    real_njit = numba.njit
+
+    def njit_without_cache(*args, cache=False, **kwargs):
+        if cache:
+            raise RuntimeError("cannot cache function '_count_any': no locator available for file")
+        return real_njit(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", njit_without_cache)
+    spec = importlib.util.spec_from_file_location("uncached_kernels", metrics._compiled_kernels().__file__)
+    kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernels)
+    histogram = np.zeros((kernels.LANES, 5 * 3), np.int64)
+    assert kernels.count_any(np.array([0, 2, 1]), np.array([1, 255, 1]), 3, 255, histogram) == (0, 2)
+    assert histogram.sum(axis=0)[[1 * 3 + 0, 3 * 3 + 2, 1 * 3 + 1]].tolist() == [1, 1, 1]
 
 
 def test_merge_equals_one_accumulation():
