@@ -336,28 +336,34 @@ def _count_compiled(
 ) -> np.ndarray:
     """Counts int64 [C, C] of flat CPU label maps, in one compiled loop (see semseg/_confusion_kernels.py)."""
     pred_np, target_np = pred.contiguous().numpy(), target.contiguous().numpy()
-    lanes = kernels.LANES
     if pred.dtype == target.dtype == torch.uint8 and 256 * num_classes <= _MAX_DIRECT_ROWS_X_CLASSES:
-        histogram = np.zeros((lanes, 256 * num_classes + 256), dtype=np.int64)
-        whole_words = pred_np.size // 8 * 8  # uint64 views, unaligned ones included (numba then loads bytewise)
-        words = pred_np[:whole_words].view(np.uint64), target_np[:whole_words].view(np.uint64)
-        if kernels.count_bytes(pred_np, target_np, *words, num_classes, histogram) >= num_classes:
-            raise _OutOfRange("prediction")
-        rows = histogram.sum(axis=0)[: 256 * num_classes].reshape(256, num_classes)
-        other_rows = rows[num_classes:].sum(axis=1)
-        if 0 <= ignore_index < 256:
-            other_rows[ignore_index - num_classes] = 0
-        if other_rows.any():
-            raise _OutOfRange("target")
-        return rows[:num_classes]
-    histogram = np.zeros((lanes, (num_classes + 2) * num_classes), dtype=np.int64)
+        return _count_bytes_compiled(kernels, pred_np, target_np, num_classes, ignore_index)
+    histogram = np.zeros((kernels.LANES, (num_classes + 2) * num_classes), dtype=np.int64)
     smallest, largest = kernels.count_any(pred_np, target_np, num_classes, ignore_index, histogram)
     if smallest < 0 or largest >= num_classes:
         raise _OutOfRange("prediction")
     histogram = histogram.sum(axis=0)
-    if histogram[(num_classes + 1) * num_classes :].any():
+    if histogram[(num_classes + 1) * num_classes :].any():  # the row of targets neither a class nor ignore
         raise _OutOfRange("target")
     return histogram[: num_classes * num_classes].reshape(num_classes, num_classes)
+
+
+def _count_bytes_compiled(
+    kernels: ModuleType, pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int
+) -> np.ndarray:
+    """Counts int64 [C, C] of flat uint8 maps; every target byte value has a histogram row."""
+    histogram = np.zeros((kernels.LANES, 256 * num_classes + 256), dtype=np.int64)
+    whole_words = pred.size // 8 * 8  # uint64 views, unaligned ones included (numba then loads them as such)
+    words = pred[:whole_words].view(np.uint64), target[:whole_words].view(np.uint64)
+    if kernels.count_bytes(pred, target, *words, num_classes, histogram) >= num_classes:
+        raise _OutOfRange("prediction")
+    rows = histogram.sum(axis=0)[: 256 * num_classes].reshape(256, num_classes)
+    other_rows = rows[num_classes:].sum(axis=1)
+    if 0 <= ignore_index < 256:
+        other_rows[ignore_index - num_classes] = 0
+    if other_rows.any():
+        raise _OutOfRange("target")
+    return rows[:num_classes]
 
 
 def _count_chunk(
