@@ -13,7 +13,7 @@ CamVid batch of 8 frames 1.2 ms against 3.9 ms (BENCHMARKS.md, "Metrics").
 Importing this module imports numba; :mod:`semseg.metrics` does so lazily and
 falls back to its torch formulation when numba is missing. Compiled code is
 cached on disk, so only the first process on a machine compiles each
-signature (about 0.3 s each).
+signature (0.2-0.6 s each, measured).
 """
 
 from __future__ import annotations

@@ -342,10 +342,8 @@ def _count_compiled(
     smallest, largest = kernels.count_any(pred_np, target_np, num_classes, ignore_index, histogram)
     if smallest < 0 or largest >= num_classes:
         raise _OutOfRange("prediction")
-    histogram = histogram.sum(axis=0)
-    if histogram[(num_classes + 1) * num_classes :].any():  # the row of targets neither a class nor ignore
-        raise _OutOfRange("target")
-    return histogram[: num_classes * num_classes].reshape(num_classes, num_classes)
+    # row C holds ignored pixels, row C + 1 targets that are neither a class nor ignore
+    return _class_rows(histogram.sum(axis=0).reshape(num_classes + 2, num_classes), num_classes, ignore_row=num_classes)
 
 
 def _count_bytes_compiled(
@@ -357,13 +355,7 @@ def _count_bytes_compiled(
     words = pred[:whole_words].view(np.uint64), target[:whole_words].view(np.uint64)
     if kernels.count_bytes(pred, target, *words, num_classes, histogram) >= num_classes:
         raise _OutOfRange("prediction")
-    rows = histogram.sum(axis=0)[: 256 * num_classes].reshape(256, num_classes)
-    other_rows = rows[num_classes:].sum(axis=1)
-    if 0 <= ignore_index < 256:
-        other_rows[ignore_index - num_classes] = 0
-    if other_rows.any():
-        raise _OutOfRange("target")
-    return rows[:num_classes]
+    return _class_rows(histogram.sum(axis=0)[: 256 * num_classes].reshape(256, num_classes), num_classes, ignore_index)
 
 
 def _count_chunk(
@@ -388,7 +380,15 @@ def _count_chunk(
         target, ignore_row, high = _remap_ignore(target, num_classes, ignore_index), num_classes, num_classes
     rows = max(high, num_classes - 1) + 1
     table = _joint_histogram(pred, target, num_classes, rows, scratch).view(rows, num_classes).cpu().numpy()
-    extra_rows = np.arange(num_classes, rows)
+    return _class_rows(table, num_classes, ignore_row)
+
+
+def _class_rows(table: np.ndarray, num_classes: int, ignore_row: int) -> np.ndarray:
+    """Rows 0..C-1 of a histogram with a row per target value (or group of values).
+
+    Every row past C-1 but the ignore row must be empty: that is the target's range check.
+    """
+    extra_rows = np.arange(num_classes, len(table))
     if np.any((table[num_classes:].sum(axis=1) > 0) & (extra_rows != ignore_row)):
         raise _OutOfRange("target")
     return table[:num_classes]
