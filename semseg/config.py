@@ -20,9 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from semseg.errors import SemsegError
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from semseg.meta import IMAGENET_MEAN, IMAGENET_STD, check_ignore_index
 
 
 @dataclass
@@ -39,10 +37,13 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)
 
 
+# The dataset formats semseg reads: data/formats.py holds their class tables, data/layouts.py their folders.
+DataFormat = Literal["camvid", "voc", "cityscapes", "ade20k", "folder"]
+
+
 @dataclass
 class DataConfig:
-    # camvid | voc | cityscapes | ade20k | folder
-    format: str = "folder"
+    format: DataFormat = "folder"
     root: str = ""
     train_split: str = "train"
     val_split: str = "val"
@@ -194,6 +195,11 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     raise SemsegError(f"config key '{key}': unsupported type {kind}")
 
 
+def check_data_format(name: Any) -> DataFormat:
+    """``name`` if it is one of :data:`DataFormat`, else SemsegError naming ``data.format`` and the choices."""
+    return _coerce(name, DataFormat, "data.format")
+
+
 def _type_name(kind: Any) -> str:
     if kind is type(None):
         return "null"
@@ -331,17 +337,19 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
         raise SemsegError(f"config key 'train.class_weights': expected median_freq, enet, a list or null, got {t.class_weights!r}")
     if num_classes is None:
         return
+    check_classes(d, num_classes)
+    if isinstance(t.class_weights, list) and len(t.class_weights) != num_classes:
+        raise SemsegError(f"config key 'train.class_weights' has {len(t.class_weights)} values for {num_classes} classes")
+
+
+def check_classes(d: DataConfig, num_classes: int) -> None:
+    """Fail when a ``data`` setting disagrees with the dataset's ``num_classes`` (known once the format is)."""
     if d.num_classes is not None and d.num_classes != num_classes:
         raise SemsegError(
             f"config key 'data.num_classes' is {d.num_classes} but the {d.format} dataset has {num_classes} classes"
         )
-    if num_classes > d.ignore_index >= 0:
-        raise SemsegError(
-            f"config key 'data.ignore_index' ({d.ignore_index}) is a class id (the dataset has {num_classes} classes)"
-        )
+    check_ignore_index(d.ignore_index, num_classes, "config key 'data.ignore_index'")
     if d.class_names is not None and len(d.class_names) != num_classes:
         raise SemsegError(f"config key 'data.class_names' has {len(d.class_names)} names for {num_classes} classes")
     if d.palette is not None and len(d.palette) < num_classes:
         raise SemsegError(f"config key 'data.palette' has {len(d.palette)} colours for {num_classes} classes")
-    if isinstance(t.class_weights, list) and len(t.class_weights) != num_classes:
-        raise SemsegError(f"config key 'train.class_weights' has {len(t.class_weights)} values for {num_classes} classes")

@@ -16,7 +16,7 @@ import io
 import json
 import os
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.inference import Size, _pair, check_tta_scales, load_torch_model, model_meta, normalize
+from semseg.inference import Size, _pair, load_torch_model, normalize
+from semseg.meta import ModelMeta, check_tta_scales
 from semseg.io import list_images, read_image, write_bytes_atomic
 
 PARITY_MIN_AGREEMENT = 0.999
@@ -35,22 +36,6 @@ DEFAULT_EXPORT_SIZE = (512, 512)
 # exports and passes the parity check (tests/test_export.py checks them all).
 NOT_EXPORTABLE: dict[str, str] = {}
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-
-
-@dataclass
-class OnnxMeta:
-    """The metadata an exported model carries (the fields of a model's ``pretrained_cfg`` that prediction needs)."""
-
-    num_classes: int | None = None
-    class_names: list[str] = field(default_factory=list)
-    palette: list[list[int]] = field(default_factory=list)
-    mean: list[float] = field(default_factory=list)
-    std: list[float] = field(default_factory=list)
-    ignore_index: int = 255
-    input_size: list[int] | None = None
-    model_name: str | None = None
-    dynamic: bool = False
-    tta_scales: list[float] | None = None
 
 
 def export_onnx(
@@ -162,33 +147,25 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _metadata(model: nn.Module, input_size: Size, dynamic: bool) -> dict[str, str]:
-    meta = model_meta(model)
+    """``metadata_props``: the model's :class:`ModelMeta` (at the export size) plus ``model_name`` and ``dynamic``."""
     values = {
-        "model_name": getattr(model, "model_name", None),
-        "num_classes": meta.num_classes,
-        "class_names": meta.class_names,
-        "palette": meta.palette,
-        "mean": meta.mean,
-        "std": meta.std,
-        "ignore_index": meta.ignore_index,
+        **ModelMeta.of(model).to_dict(),
         "input_size": list(input_size),
+        "model_name": getattr(model, "model_name", None),
         "dynamic": dynamic,
-        "tta_scales": list(meta.tta_scales) if meta.tta_scales else None,
     }
     return {key: json.dumps(value) for key, value in values.items()}
 
 
-def read_onnx_metadata(props: dict[str, str]) -> OnnxMeta:
-    """Parse ``metadata_props`` (a name -> JSON string map); absent keys keep their defaults."""
-    known = {f for f in OnnxMeta.__dataclass_fields__}
+def read_onnx_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """Parse ``metadata_props`` (a name -> JSON string map) into plain values."""
     values: dict[str, Any] = {}
     for key, text in props.items():
-        if key in known:
-            try:
-                values[key] = json.loads(text)
-            except json.JSONDecodeError:
-                raise SemsegError(f"ONNX metadata entry {key!r} is not JSON: {text[:80]!r}") from None
-    return OnnxMeta(**values)
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raise SemsegError(f"ONNX metadata entry {key!r} is not JSON: {text[:80]!r}") from None
+    return values
 
 
 class OnnxModel:
@@ -212,14 +189,16 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(self.path), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception classes (Fail, InvalidGraph, ...)
             raise SemsegError(f"{self.path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
-        self.pretrained_cfg = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map)
+        props = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.pretrained_cfg = ModelMeta.from_dict(props)
+        self.model_name = props.get("model_name")
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         shape = graph_input.shape if len(graph_input.shape) == 4 else [None] * 4
         spatial = shape[2:]
         self.fixed_input_size = tuple(spatial) if all(isinstance(d, int) for d in spatial) else None
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-        self.model_name = self.pretrained_cfg.model_name
+        self.dynamic = self.fixed_input_size is None
 
     def __call__(self, images: Tensor) -> Tensor:
         inputs = np.ascontiguousarray(images.detach().cpu().float().numpy())
@@ -289,7 +268,7 @@ def export_checked(
 ) -> dict[str, Any]:
     """Export, then check parity on :func:`parity_inputs`; a failed check removes the file and raises."""
     path = export_onnx(model, path, input_size, dynamic, opset)
-    meta = model_meta(model)
+    meta = ModelMeta.of(model)
     report = check_parity(model, path, parity_inputs(_pair(input_size, "input size"), meta.mean, meta.std, dynamic))
     _fail_unless_parity(report, path, "ONNX Runtime agrees with PyTorch")
     return report
@@ -341,7 +320,7 @@ def export_checkpoint_checked(
     from semseg.models import load_model
 
     path = export_checkpoint(model, path, half, provenance)
-    meta = model_meta(model)
+    meta = ModelMeta.of(model)
     report = compare_logits(model, load_model(path), parity_inputs(input_size, meta.mean, meta.std), f"{path}:")
     _fail_unless_parity(report, path, "the exported weights agree with the original")
     return report
@@ -361,7 +340,7 @@ def run_export(args: Any) -> int:
         model.pretrained_cfg = replace(model.pretrained_cfg, tta_scales=tuple(args.tta_scales))
     if args.format == "semseg":
         return _run_export_checkpoint(args, model)
-    size = _pair(args.size, "--size") or model_meta(model).input_size or DEFAULT_EXPORT_SIZE
+    size = _pair(args.size, "--size") or ModelMeta.of(model).input_size or DEFAULT_EXPORT_SIZE
     report = export_checked(model, args.out, size, args.dynamic, args.opset)
     shape = "dynamic height and width" if args.dynamic else f"{size[0]}x{size[1]} inputs"
     print(f"exported {getattr(model, 'model_name', 'model')} to {args.out} ({shape}, opset {args.opset})")
@@ -378,7 +357,7 @@ def _run_export_checkpoint(args: Any, model: nn.Module) -> int:
     if args.dynamic:
         raise SemsegError("--dynamic applies to --format onnx (a semseg checkpoint takes any size)")
     provenance = load_checkpoint(args.checkpoint) if args.checkpoint else None
-    size = _pair(args.size, "--size") or model_meta(model).input_size or DEFAULT_EXPORT_SIZE
+    size = _pair(args.size, "--size") or ModelMeta.of(model).input_size or DEFAULT_EXPORT_SIZE
     report = export_checkpoint_checked(model, args.out, size, args.half, provenance)
     kind = "float16" if args.half else "float32"
     print(f"exported {model.model_name} to {args.out} ({kind} weights, {Path(args.out).stat().st_size / 1e6:.1f} MB)")

@@ -38,10 +38,10 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from semseg.config import IMAGENET_MEAN, IMAGENET_STD
 from semseg.engine.precision import autocast, resolve_device, resolve_precision
 from semseg.errors import SemsegError
 from semseg.io import read_image
+from semseg.meta import ModelMeta, check_tta_scales
 
 Size = tuple[int, int]
 ModelFn = Callable[[Tensor], Tensor]
@@ -222,14 +222,11 @@ def tta(
     ``[N, C, h, w]``. Each scale multiplies ``base_size`` (default: the image
     size); every result is resized back to ``H, W`` before averaging.
     """
-    if not scales:
-        raise SemsegError("tta needs at least one scale")
+    check_tta_scales(scales, "tta scales")
     height, width = images.shape[-2:]
     base_h, base_w = base_size or (height, width)
     total, count = None, 0
     for scale in scales:
-        if scale <= 0:
-            raise SemsegError(f"tta scale must be positive, got {scale}")
         scaled = resize_images(images, (max(1, round(base_h * scale)), max(1, round(base_w * scale))))
         views = [(scaled, False)] + ([(scaled.flip(-1), True)] if flip else [])
         for view, mirrored in views:
@@ -303,44 +300,6 @@ class Prediction:
     probs: np.ndarray | None = None  # [C, H, W] float32 softmax probabilities
 
 
-@dataclass
-class ModelMeta:
-    """What prediction needs to know about a model; read from ``model.pretrained_cfg`` when there is one."""
-
-    num_classes: int | None
-    class_names: list[str]
-    palette: list[list[int]]
-    mean: list[float]
-    std: list[float]
-    ignore_index: int
-    input_size: Size | None
-    tta_scales: tuple[float, ...] | None = None  # the TTA the model recommends (see PretrainedCfg)
-
-
-def model_meta(model: Any) -> ModelMeta:
-    """Classes, palette, mean and std of ``model`` (ImageNet mean/std and a generated palette by default)."""
-    from semseg.viz import generate_palette
-
-    cfg = getattr(model, "pretrained_cfg", None)
-    num_classes = getattr(cfg, "num_classes", None)
-    count = num_classes or 0
-    names = list(getattr(cfg, "class_names", None) or [f"class_{i}" for i in range(count)])
-    # without a known class count, colour every id a uint8 label map can hold
-    palette = [list(c) for c in (getattr(cfg, "palette", None) or generate_palette(count or 256))]
-    input_size = getattr(cfg, "input_size", None)
-    tta_scales = getattr(cfg, "tta_scales", None)
-    return ModelMeta(
-        num_classes=num_classes,
-        class_names=names,
-        palette=palette,
-        mean=list(getattr(cfg, "mean", None) or IMAGENET_MEAN),
-        std=list(getattr(cfg, "std", None) or IMAGENET_STD),
-        ignore_index=int(getattr(cfg, "ignore_index", 255)),
-        input_size=tuple(input_size) if input_size else None,
-        tta_scales=tuple(float(v) for v in tta_scales) if tta_scales else None,
-    )
-
-
 def default_batch_size(device: torch.device) -> int:
     """Images (whole mode) or tiles (slide mode) per forward pass when the user names none.
 
@@ -384,9 +343,13 @@ class Predictor:
         device: str = "auto",
         batch_size: int | None = None,
     ) -> None:
-        self.meta = model_meta(model)
-        self.mean = list(mean) if mean is not None else self.meta.mean
-        self.std = list(std) if std is not None else self.meta.std
+        from semseg.viz import generate_palette
+
+        self.meta = ModelMeta.of(model)
+        # without a known class count, colour every id a uint8 label map can hold
+        self.palette = self.meta.palette or generate_palette(self.meta.num_classes or 256)
+        self.mean = list(mean if mean is not None else self.meta.mean)
+        self.std = list(std if std is not None else self.meta.std)
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise SemsegError(f"mean and std need 3 values each (std > 0), got mean={self.mean} std={self.std}")
         if mode not in MODES:
@@ -736,15 +699,9 @@ def _predict_pending(
     if npy is not None:
         npy.commit()
     for (path, rgb), prediction in zip(pending, predictions):
-        write_outputs(out_dir, path.stem, rgb, prediction, predictor.meta.palette)
+        write_outputs(out_dir, path.stem, rgb, prediction, predictor.palette)
     bar.update(len(pending))
     pending.clear()
-
-
-def check_tta_scales(scales: Sequence[float], name: str) -> None:
-    """Raise unless ``scales`` is a non-empty list of positive numbers; ``name`` is how the user gave them."""
-    if not scales or min(scales) <= 0:
-        raise SemsegError(f"{name} must be positive numbers, got {list(scales)}")
 
 
 def describe_tta(predictor: Predictor, asked: bool | None) -> str:

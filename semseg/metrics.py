@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from semseg.errors import SemsegError
 from semseg.io import list_images, read_label_map, write_text_atomic
+from semseg.meta import check_ignore_index, check_num_classes
 
 LabelMap = Union[torch.Tensor, np.ndarray]
 Scratch = dict[tuple[str, torch.dtype, torch.device], torch.Tensor]
@@ -77,12 +78,8 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise SemsegError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if 0 <= ignore_index < num_classes:
-            raise SemsegError(f"ignore_index {ignore_index} is a class id (there are {num_classes} classes)")
-        self.num_classes = num_classes
-        self.ignore_index = int(ignore_index)
+        self.num_classes = check_num_classes(num_classes)
+        self.ignore_index = check_ignore_index(ignore_index, num_classes)
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
         self.num_images = 0
         self._scratch: list[Scratch] = []  # buffers reused across updates, one set per counting thread

@@ -37,7 +37,7 @@ def test_metadata_round_trips(toy_onnx):
     props = {p.key: json.loads(p.value) for p in onnx.load(folder / "static.onnx").metadata_props}
     cfg = model.pretrained_cfg
     assert props["class_names"] == cfg.class_names and props["palette"] == cfg.palette
-    assert props["mean"] == cfg.mean and props["std"] == cfg.std
+    assert props["mean"] == list(cfg.mean) and props["std"] == list(cfg.std)
     assert props["num_classes"] == 4 and props["ignore_index"] == 255 and props["input_size"] == [32, 48]
     runtime = OnnxModel(folder / "static.onnx")
     assert runtime.pretrained_cfg.class_names == cfg.class_names and runtime.fixed_input_size == (32, 48)
@@ -194,9 +194,10 @@ def test_export_cli_then_predict_with_onnx_runtime(zoo_checkpoint, tmp_path, cap
                  "--size", "64", "96"]) == 0
     out = capsys.readouterr().out
     assert "argmax agreement 100.000%" in out or "argmax agreement 99.9" in out
-    meta = OnnxModel(onnx_path).pretrained_cfg
+    runtime = OnnxModel(onnx_path)
+    meta = runtime.pretrained_cfg
     assert meta.class_names == ["road", "car", "sky"] and meta.palette[1] == [0, 0, 142]
-    assert meta.model_name == "lraspp_mobilenet_v3_large" and meta.dynamic is True
+    assert runtime.model_name == "lraspp_mobilenet_v3_large" and runtime.dynamic is True
 
     image_dir = tmp_path / "images"
     image_dir.mkdir()
@@ -284,7 +285,7 @@ def test_export_records_the_recommended_tta_in_both_formats(zoo_checkpoint, tmp_
     assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--format", "onnx", "--dynamic",
                  "--out", str(tmp_path / "m.onnx"), "--size", "32", "48"]) == 0
     runtime = OnnxModel(tmp_path / "m.onnx")
-    assert runtime.pretrained_cfg.tta_scales == [1.0, 1.25] and Predictor(runtime).tta
+    assert runtime.pretrained_cfg.tta_scales == (1.0, 1.25) and Predictor(runtime).tta
     assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--format", "onnx",
                  "--out", str(tmp_path / "fixed.onnx"), "--size", "32", "48"]) == 0
     assert not Predictor(OnnxModel(tmp_path / "fixed.onnx")).tta  # a fixed-size graph cannot follow it

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from torchvision import transforms
 
 from semseg import inference
 from semseg.errors import SemsegError
+from semseg.meta import ModelMeta
 from semseg.inference import (
     Predictor,
     default_batch_size,
@@ -34,15 +34,10 @@ from semseg.inference import (
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-@dataclass
-class ToyCfg:
-    num_classes: int = 4
-    class_names: list = field(default_factory=lambda: ["a", "b", "c", "d"])
-    palette: list = field(default_factory=lambda: [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]])
-    mean: list = field(default_factory=lambda: list(MEAN))
-    std: list = field(default_factory=lambda: list(STD))
-    ignore_index: int = 255
-    input_size: tuple = (32, 32)
+def toy_meta(num_classes: int = 4) -> ModelMeta:
+    return ModelMeta(num_classes, class_names=["a", "b", "c", "d"][:num_classes],
+                     palette=[[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]][:num_classes],
+                     mean=MEAN, std=STD, input_size=(32, 32))
 
 
 class ToySeg(nn.Module):
@@ -60,7 +55,7 @@ class ToySeg(nn.Module):
         with torch.no_grad():  # spread the logits so that every class wins somewhere
             self.head.weight.mul_(4)
             self.head.bias.zero_()
-        self.pretrained_cfg = ToyCfg(num_classes=num_classes)
+        self.pretrained_cfg = toy_meta(num_classes)
         self.model_name = "toy"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -332,7 +327,7 @@ model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 19,
 image = np.random.default_rng(0).integers(0, 256, (6000, 8000, 3), dtype=np.uint8)
 predictor = Predictor(model, mode="slide", crop=(512, 512), stride=(384, 384), batch_size=4)
 result = predictor.predict(image, confidence=True)
-write_outputs(Path(sys.argv[1]), "big", image, result, predictor.meta.palette)
+write_outputs(Path(sys.argv[1]), "big", image, result, predictor.palette)
 print(result.labels.shape, int(result.labels.max()), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 

@@ -376,7 +376,7 @@ def test_shapes_dtypes_and_settings_are_checked():
         cm.update(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(SemsegError, match="integer class ids, got dtype float64"):
         cm.update(np.zeros((2, 2), np.uint8), np.zeros((2, 2)))
-    with pytest.raises(SemsegError, match="ignore_index 1 is a class id"):
+    with pytest.raises(SemsegError, match=r"ignore_index \(1\) is a class id"):
         ConfusionMatrix(3, ignore_index=1)
     with pytest.raises(SemsegError, match="num_classes must be a positive integer"):
         ConfusionMatrix(0)

@@ -17,12 +17,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import tv_tensors
 
-from semseg.config import DataConfig
+from semseg.config import DataConfig, check_classes, check_data_format
 from semseg.data.formats import FORMATS, default_palette
 from semseg.data.layouts import Listing, find_samples
 from semseg.data.masks import MaskDecoder, mask_decoder
 from semseg.errors import SemsegError
 from semseg.io import read_image
+from semseg.meta import check_num_classes
 
 # A bad sample is replaced by the next one; this many bad ones in a row stop the run.
 MAX_CONSECUTIVE_BAD = 16
@@ -40,32 +41,22 @@ class DatasetInfo:
 
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
     """Classes, names and palette of ``cfg``'s dataset (built-in table, or the config for ``folder``)."""
+    check_data_format(cfg.format)
     if cfg.format in FORMATS:
         fmt = FORMATS[cfg.format]
         num_classes, names, palette = fmt.num_classes, list(fmt.class_names), [list(c) for c in fmt.palette]
-    elif cfg.format == "folder":
+    else:
         if cfg.num_classes is None:
             raise SemsegError("config key 'data.num_classes' is required for format 'folder' (the number of classes)")
-        num_classes = cfg.num_classes
-        if num_classes < 1:
-            raise SemsegError(f"config key 'data.num_classes' must be >= 1, got {num_classes}")
+        num_classes = check_num_classes(cfg.num_classes, "config key 'data.num_classes'")
         names = [f"class_{i}" for i in range(num_classes)]
         palette = default_palette(num_classes)
-    else:
-        raise SemsegError(
-            f"config key 'data.format': unknown format {cfg.format!r}; expected one of {', '.join([*FORMATS, 'folder'])}"
-        )
+    check_classes(cfg, num_classes)
     # names and colours given in the config win (e.g. for visualisations of a built-in format)
     if cfg.class_names is not None:
-        if len(cfg.class_names) != num_classes:
-            raise SemsegError(f"config key 'data.class_names' has {len(cfg.class_names)} names for {num_classes} classes")
         names = [str(n) for n in cfg.class_names]
     if cfg.palette is not None:
-        if len(cfg.palette) < num_classes:
-            raise SemsegError(f"config key 'data.palette' has {len(cfg.palette)} colours for {num_classes} classes")
         palette = [list(c) for c in cfg.palette[:num_classes]]
-    if 0 <= cfg.ignore_index < num_classes:
-        raise SemsegError(f"config key 'data.ignore_index' ({cfg.ignore_index}) is a class id ({num_classes} classes)")
     return DatasetInfo(cfg.format, num_classes, names, palette, cfg.ignore_index)
 
 

@@ -193,12 +193,3 @@ FORMATS: dict[str, Format] = {
         _identity(len(ADE20K_CLASSES), offset=1), (0,),
     ),
 }
-BUILTIN_FORMATS = tuple(FORMATS)
-ALL_FORMATS = BUILTIN_FORMATS + ("folder",)
-
-
-def get_format(name: str) -> Format:
-    """The built-in format ``name``; SemsegError naming ``data.format`` for anything else."""
-    if name not in FORMATS:
-        raise SemsegError(f"config key 'data.format': unknown format {name!r}; expected one of {', '.join(ALL_FORMATS)}")
-    return FORMATS[name]

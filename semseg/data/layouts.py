@@ -169,8 +169,6 @@ def find_samples(fmt: str, root: str | Path, split: str) -> Listing:
 
     ``split`` may join several splits with ``+`` (``"train+val"``): their pairs, in that order.
     """
-    if fmt not in LAYOUTS:
-        raise SemsegError(f"config key 'data.format': unknown format {fmt!r}; expected one of {', '.join(LAYOUTS)}")
     if not str(root):
         raise SemsegError("config key 'data.root' is empty: set it to the dataset folder")
     root = Path(root).expanduser()

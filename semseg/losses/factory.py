@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from semseg.errors import SemsegError
+from semseg.meta import check_ignore_index
 from semseg.losses.base import SegLoss
 from semseg.losses.cross_entropy import CrossEntropyLoss
 from semseg.losses.dice import DiceLoss
@@ -103,9 +104,8 @@ def create_loss(
     terms = parse_spec(spec)
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise SemsegError(f"create_loss: num_classes must be an integer >= 2 (softmax losses), got {num_classes!r}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral) or 0 <= ignore_index < num_classes:
-        raise SemsegError(f"create_loss: ignore_index must be an integer that is not a class id (0..{num_classes - 1}), got {ignore_index!r}")
-    num_classes, ignore_index = int(num_classes), int(ignore_index)
+    num_classes = int(num_classes)
+    ignore_index = check_ignore_index(ignore_index, num_classes, "create_loss: ignore_index")
     classes = [LOSSES[name] for _, name in terms]
     accepted = {option for cls in classes for option in loss_options(cls)}
     unknown = sorted(set(kwargs) - accepted)

@@ -9,12 +9,14 @@ See docs/models.md for the contract, the names and the weights.
 """
 
 from semseg.models import fcn8s, smp_zoo, torchvision_zoo  # noqa: F401  (register the builders)
+from semseg.meta import ModelMeta
 from semseg.models.base import PretrainedCfg, SegModel
 from semseg.models.norms import convert_norm
 from semseg.models.registry import create_model, list_models, register_model
 from semseg.models.weights import load_model, load_weights
 
 __all__ = [
+    "ModelMeta",
     "PretrainedCfg",
     "SegModel",
     "convert_norm",

@@ -1,4 +1,4 @@
-"""The one model contract: :class:`SegModel`, and the metadata that travels with weights (:class:`PretrainedCfg`).
+"""The one model contract: :class:`SegModel`, which carries its metadata as ``pretrained_cfg`` (a :class:`~semseg.meta.ModelMeta`).
 
 Every zoo model, whatever library built it, is a :class:`SegModel`:
 ``model(x)`` with ``x: float[N,3,H,W]`` returns logits ``float[N,C,H,W]`` at the
@@ -12,50 +12,16 @@ ONNX as a constant pad. The library's own module lives at ``model.net``.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semseg.config import IMAGENET_MEAN, IMAGENET_STD
-from semseg.errors import SemsegError
+from semseg.meta import ModelMeta
 
 
-@dataclass
-class PretrainedCfg:
-    """What prediction, export and checkpoints need to know about a model's weights."""
-
-    num_classes: int
-    class_names: list[str] | None = None
-    palette: list[list[int]] | None = None
-    mean: tuple = tuple(IMAGENET_MEAN)
-    std: tuple = tuple(IMAGENET_STD)
-    ignore_index: int = 255
-    input_size: tuple | None = None  # (height, width) the weights expect, when they expect one
-    source: str = ""  # where the weights came from: "" (random init), a file, or a library tag
-    # scales of the multi-scale + flip test-time augmentation these weights were validated with;
-    # prediction uses it unless told otherwise (None: predict each image once)
-    tta_scales: tuple | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values only (lists, not tuples), so the dict is safe for ``weights_only`` loading and JSON."""
-        values = dataclasses.asdict(self)
-        for key in ("mean", "std", "input_size", "tta_scales"):
-            if values[key] is not None:
-                values[key] = list(values[key])
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PretrainedCfg:
-        """The inverse of :meth:`to_dict`; keys this version does not know are ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        cfg = cls(**{k: v for k, v in values.items() if k in known})
-        cfg.mean, cfg.std = tuple(cfg.mean), tuple(cfg.std)
-        cfg.input_size = tuple(cfg.input_size) if cfg.input_size is not None else None
-        cfg.tta_scales = tuple(cfg.tta_scales) if cfg.tta_scales is not None else None
-        return cfg
+# The timm name of the metadata type; the same class as semseg.meta.ModelMeta.
+PretrainedCfg = ModelMeta
 
 
 # Norm layers whose running statistics must stay still while the encoder is frozen.
@@ -83,7 +49,7 @@ class SegModel(nn.Module):
         self.has_aux = has_aux
         self.model_name = ""
         self.model_kwargs: dict[str, Any] = {}
-        self.pretrained_cfg = PretrainedCfg(num_classes=num_classes)
+        self.pretrained_cfg = ModelMeta(num_classes=num_classes)
         self._encoder_frozen = False
 
     # ------------------------------------------------------------------ forward
@@ -153,12 +119,6 @@ class SegModel(nn.Module):
 def is_encoder_key(model: SegModel, key: str) -> bool:
     """Whether state-dict entry ``key`` belongs to the encoder."""
     return key.startswith(model.encoder_path + ".")
-
-
-def check_num_classes(num_classes: Any) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise SemsegError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return num_classes
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,7 +17,8 @@ import os
 from typing import Any, Callable
 
 from semseg.errors import SemsegError
-from semseg.models.base import SegModel, check_num_classes
+from semseg.meta import check_num_classes
+from semseg.models.base import SegModel
 
 ModelBuilder = Callable[..., SegModel]
 _MODELS: dict[str, ModelBuilder] = {}

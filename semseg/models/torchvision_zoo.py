@@ -61,7 +61,7 @@ class TorchvisionSegModel(SegModel):
 
 def _load_published(model: SegModel, weights: WeightsEnum) -> None:
     """torchvision's COCO-VOC weights (21 classes); another class count keeps all but the heads' last layers."""
-    from semseg.data.formats import get_format
+    from semseg.data.formats import FORMATS
     from semseg.models.weights import load_state
 
     what = f"torchvision's {weights} weights"
@@ -72,7 +72,7 @@ def _load_published(model: SegModel, weights: WeightsEnum) -> None:
     )
     load_state(model, state, source=what)
     cfg = replace(model.pretrained_cfg, source=f"torchvision:{weights}")
-    voc = get_format("voc")
+    voc = FORMATS["voc"]
     if cfg.num_classes == voc.num_classes:  # torchvision's categories are VOC's, in VOC's order
         cfg = replace(cfg, class_names=list(voc.class_names), palette=[list(c) for c in voc.palette])
     model.pretrained_cfg = cfg

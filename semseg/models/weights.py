@@ -22,7 +22,8 @@ from torch import Tensor
 
 from semseg.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_file
 from semseg.errors import SemsegError
-from semseg.models.base import PretrainedCfg, SegModel, is_encoder_key
+from semseg.meta import ModelMeta
+from semseg.models.base import SegModel, is_encoder_key
 
 MAX_LISTED = 6  # keys named per kind of problem; the count says how many more
 
@@ -136,7 +137,7 @@ def load_weights(model: SegModel, path: str | os.PathLike, strict: bool = True) 
     load_state(model, state, source=path, strict=strict, from_model=from_model)
     cfg = model.pretrained_cfg
     if meta and meta.get("num_classes") == cfg.num_classes:
-        cfg = PretrainedCfg.from_dict(meta)
+        cfg = ModelMeta.from_dict(meta)
     model.pretrained_cfg = replace(cfg, source=path)
     return model
 
@@ -155,5 +156,5 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except SemsegError as exc:
         raise SemsegError(f"{path}: cannot rebuild its model {name!r} (kwargs {kwargs}): {exc}") from None
     load_state(model, state["model"], source=str(path), new_head_ok=False, from_model=name)
-    model.pretrained_cfg = replace(PretrainedCfg.from_dict(meta), source=str(path))
+    model.pretrained_cfg = replace(ModelMeta.from_dict(meta), source=str(path))
     return model.to(map_location).eval()
