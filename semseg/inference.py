@@ -27,7 +27,6 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -42,6 +41,7 @@ from semseg.engine.precision import autocast, resolve_device, resolve_precision
 from semseg.errors import SemsegError
 from semseg.io import read_image
 from semseg.meta import ModelMeta, check_tta_scales
+from semseg.models.factory import load_torch_model
 
 Size = tuple[int, int]
 ModelFn = Callable[[Tensor], Tensor]
@@ -50,8 +50,6 @@ ImageLike = str | os.PathLike | Image.Image | np.ndarray
 MODES = ("whole", "slide")
 DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 BLENDS = ("uniform", "gaussian")
-# The embedded default model, shipped inside the package once one is trained.
-DEFAULT_MODEL_PATH = Path(str(resources.files("semseg"))) / "assets" / "default_model.pt"
 
 
 # ------------------------------------------------------------------ pure functions
@@ -531,45 +529,7 @@ class _Sink:
         return Prediction(self.labels, self.confidence, self.probs)
 
 
-def default_model_path() -> Path:
-    """The embedded default model, or a clear error while none is shipped."""
-    if not DEFAULT_MODEL_PATH.is_file():
-        raise SemsegError(
-            "no model given and no default model is shipped with this semseg yet "
-            f"(looked for {DEFAULT_MODEL_PATH}); pass --checkpoint FILE, "
-            "--model NAME --weights FILE --num-classes N, or --onnx FILE"
-        )
-    return DEFAULT_MODEL_PATH
-
-
-
-
 # ------------------------------------------------------------------ semseg predict
-def load_torch_model(
-    checkpoint: str | None = None,
-    model_name: str | None = None,
-    weights: str | None = None,
-    num_classes: int | None = None,
-) -> nn.Module:
-    """The model named on the command line: a checkpoint, a zoo name with a raw state dict, or the default model."""
-    if model_name is None and (weights is not None or num_classes is not None):
-        raise SemsegError("--weights and --num-classes go with --model NAME (or use --checkpoint FILE)")
-    if checkpoint is not None and model_name is not None:
-        raise SemsegError("give either --checkpoint FILE or --model NAME --weights FILE, not both")
-    source = default_model_path() if checkpoint is None and model_name is None else checkpoint
-    from semseg.models import create_model, load_model, load_weights
-
-    if source is not None:
-        return load_model(source)
-    if weights is None or num_classes is None:
-        raise SemsegError(f"--model {model_name} needs --weights FILE (a state dict) and --num-classes N")
-    if num_classes < 1:
-        raise SemsegError(f"--num-classes must be at least 1, got {num_classes}")
-    model = create_model(model_name, num_classes)
-    load_weights(model, weights)
-    return model
-
-
 def resolve_sources(sources: Sequence[str]) -> list[Path]:
     """Image files named by ``sources``: files, folders (their images) and glob patterns, in order."""
     from semseg.io import IMAGE_EXTENSIONS, list_images

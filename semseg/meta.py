@@ -88,7 +88,7 @@ class ModelMeta:
 def check_num_classes(num_classes: Any, name: str = "num_classes") -> int:
     """``num_classes`` as an int; SemsegError unless it is a positive integer (``name``: how the user gave it)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise SemsegError(f"{name} must be a positive integer, got {num_classes!r}")
+        raise SemsegError(f"{name} must be a positive integer (at least 1), got {num_classes!r}")
     return int(num_classes)
 
 

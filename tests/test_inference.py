@@ -19,6 +19,7 @@ from torchvision import transforms
 from semseg import inference
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta
+from semseg.models import factory
 from semseg.inference import (
     Predictor,
     default_batch_size,
@@ -431,7 +432,7 @@ def test_predict_cli_refuses_two_images_with_one_output_name(tmp_path, toy_onnx_
 
 
 def test_without_a_model_the_default_model_is_used_once_shipped(three_images, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(inference, "DEFAULT_MODEL_PATH", tmp_path / "default_model.pt")
+    monkeypatch.setattr(factory, "DEFAULT_MODEL_PATH", tmp_path / "default_model.pt")
     assert main(["predict", str(three_images), "--out", str(tmp_path / "out")]) == 2
     assert "no default model is shipped" in capsys.readouterr().err
 
@@ -485,7 +486,7 @@ def test_predict_cli_with_a_raw_state_dict(lraspp_checkpoint, three_images, tmp_
 
 def test_the_default_model_is_found_once_shipped(lraspp_checkpoint, three_images, tmp_path, monkeypatch):
     path, _ = lraspp_checkpoint
-    monkeypatch.setattr(inference, "DEFAULT_MODEL_PATH", path)
+    monkeypatch.setattr(factory, "DEFAULT_MODEL_PATH", path)
     (three_images / "c.png").unlink()
     assert main(["predict", str(three_images / "a.png"), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "labels" / "a.png").exists()

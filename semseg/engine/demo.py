@@ -45,8 +45,7 @@ def demo_config(minutes: float) -> RunConfig:
 
 def run_demo(run_dir: str | Path = "runs/demo", minutes: float = 2.0) -> int:
     from semseg.engine.trainer import fit
-    from semseg.inference import DEFAULT_MODEL_PATH
-    from semseg.models import load_model
+    from semseg.models import factory, load_model
 
     run_dir = Path(run_dir)
     if (run_dir / "last.pt").exists():
@@ -60,9 +59,9 @@ def run_demo(run_dir: str | Path = "runs/demo", minutes: float = 2.0) -> int:
     frame = list_images(Path(str(DEMO_ROOT)) / "test")[0]
     out = run_dir / "prediction"
     overlay_path = _predict_frame(load_model(run_dir / "best.pt"), frame, out, "", "the demo model")
-    if DEFAULT_MODEL_PATH.is_file():  # the same frame by the embedded default model (an hour of CamVid training)
+    if factory.DEFAULT_MODEL_PATH.is_file():  # the same frame by the embedded default model (an hour of CamVid training)
         who = "semseg's default CamVid model (trained on CamVid train+val, which hold this frame)"
-        _predict_frame(load_model(DEFAULT_MODEL_PATH), frame, out, "default_", who)
+        _predict_frame(load_model(factory.DEFAULT_MODEL_PATH), frame, out, "default_", who)
     print(f"look at: {overlay_path} (colour overlay), {run_dir / 'metrics.jsonl'} (scores)")
     return 0
 

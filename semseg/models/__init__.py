@@ -8,12 +8,12 @@
 See docs/models.md for the contract, the names and the weights.
 """
 
-from semseg.models import fcn8s, smp_zoo, torchvision_zoo  # noqa: F401  (register the builders)
 from semseg.meta import ModelMeta
 from semseg.models.base import PretrainedCfg, SegModel
+from semseg.models.factory import create_model, load_model, load_torch_model
 from semseg.models.norms import convert_norm
-from semseg.models.registry import create_model, list_models, register_model
-from semseg.models.weights import load_model, load_weights
+from semseg.models.registry import list_models, register_model
+from semseg.models.weights import load_weights
 
 __all__ = [
     "ModelMeta",
@@ -23,6 +23,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load_model",
+    "load_torch_model",
     "load_weights",
     "register_model",
 ]

@@ -128,7 +128,7 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(saved)
 
 
-def _download_errors() -> tuple[type[BaseException], ...]:
+def download_errors() -> tuple[type[BaseException], ...]:
     # OSError covers urllib's URLError, requests' errors, socket timeouts and most of
     # Hugging Face's; EntryNotFoundError is Hugging Face's one error outside OSError.
     from huggingface_hub.errors import EntryNotFoundError
@@ -143,7 +143,7 @@ def fetch(source: WeightSource, load: Callable[[], T], what: str) -> T:
     try:
         with _hf_offline(source.cached), _socket_timeout(SOCKET_TIMEOUT_S):
             return load()
-    except _download_errors() as exc:
+    except download_errors() as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise SemsegError(offline_message(what, source, reason)) from None
 

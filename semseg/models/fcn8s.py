@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from semseg.errors import SemsegError
 from semseg.models.base import SegModel
-from semseg.models.download import fetch, timm_source
+from semseg.models.download import download_errors, fetch, timm_source
 from semseg.models.registry import register_model
 
 FCN8S_ENCODERS = ("resnet18", "resnet50", "mobilenetv3_large_100")
@@ -63,8 +63,12 @@ def _timm_encoder(name: str, encoder: str, pretrained: bool) -> nn.Module:
     def make() -> nn.Module:
         try:
             return timm.create_model(encoder, features_only=True, pretrained=pretrained)
+        except download_errors():  # fetch turns these into a message that says how to work offline
+            raise
         except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # e.g. no features_only support
-            raise SemsegError(f"model {name!r}: timm cannot build {encoder!r} as a feature encoder: {exc}") from None
+            raise SemsegError(
+                f"model {name!r}: timm cannot build {encoder!r} as a feature encoder: {type(exc).__name__}: {exc}"
+            ) from exc
 
     return fetch(timm_source(encoder), make, f"timm's {encoder} ImageNet weights") if pretrained else make()
 

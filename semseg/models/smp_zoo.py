@@ -20,7 +20,7 @@ from torch import nn
 
 from semseg.errors import SemsegError
 from semseg.models.base import SegModel
-from semseg.models.download import WeightSource, fetch, hf_source, timm_source
+from semseg.models.download import WeightSource, download_errors, fetch, hf_source, timm_source
 from semseg.models.registry import register_model
 
 # name -> (smp architecture, smp encoder); smp_deeplabv3 is left out: torchvision's deeplabv3_* hold the name
@@ -112,10 +112,12 @@ def build_smp(arch: str, encoder: str, num_classes: int, pretrained: bool, kwarg
     def make(weights: Any) -> nn.Module:
         try:
             return arch_class(encoder_name=encoder, encoder_weights=weights, in_channels=3, classes=num_classes, **kwargs)
-        except SemsegError:
+        except (SemsegError, *download_errors()):  # semseg's own message; a failed download: fetch explains it
             raise
-        except (ValueError, KeyError, TypeError, AssertionError, RuntimeError) as exc:  # smp rejects a pairing or kwarg
-            raise SemsegError(f"model {name!r}: segmentation_models_pytorch refused it: {exc}") from None
+        except (ValueError, KeyError, TypeError, AssertionError) as exc:  # how smp rejects a pairing or an argument
+            raise SemsegError(
+                f"model {name!r}: segmentation_models_pytorch refused it: {type(exc).__name__}: {exc}"
+            ) from exc
 
     mean_std = None
     if pretrained:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from semseg.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_file
+from semseg.checkpoint import CHECKPOINT_FORMAT, load_file
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta
 from semseg.models.base import SegModel, is_encoder_key
@@ -140,21 +140,3 @@ def load_weights(model: SegModel, path: str | os.PathLike, strict: bool = True) 
         cfg = ModelMeta.from_dict(meta)
     model.pretrained_cfg = replace(cfg, source=path)
     return model
-
-
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SegModel:
-    """Rebuild the model of a semseg checkpoint, with its weights and metadata, in eval mode."""
-    from semseg.models.registry import create_model
-
-    state = load_checkpoint(path, map_location)
-    name, meta = state["model_name"], state.get("model_meta") or {}
-    if not isinstance(meta, dict) or not isinstance(meta.get("num_classes"), int):
-        raise SemsegError(f"{path}: checkpoint lacks model_meta.num_classes; cannot rebuild model {name!r}")
-    kwargs = state.get("model_kwargs") or {}
-    try:
-        model = create_model(name, meta["num_classes"], **kwargs)
-    except SemsegError as exc:
-        raise SemsegError(f"{path}: cannot rebuild its model {name!r} (kwargs {kwargs}): {exc}") from None
-    load_state(model, state["model"], source=str(path), new_head_ok=False, from_model=name)
-    model.pretrained_cfg = replace(ModelMeta.from_dict(meta), source=str(path))
-    return model.to(map_location).eval()
