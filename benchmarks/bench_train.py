@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from semseg.config import TrainConfig
 from semseg.engine.optim import build_optimizer
-from semseg.engine.precision import autocast, cpu_has_bf16, resolve_precision, use_channels_last
+from semseg.runtime.precision import autocast, cpu_has_bf16, resolve_precision, use_channels_last
 from semseg.losses import create_loss
 from semseg.models import create_model
 

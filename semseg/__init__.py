@@ -20,7 +20,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(models, name)
     if name == "Predictor":
-        from semseg.inference import Predictor
+        from semseg.predict import Predictor
 
         return Predictor
     raise AttributeError(f"module 'semseg' has no attribute {name!r}")

@@ -7,8 +7,10 @@ command prints the message alone and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from semseg.errors import SemsegError
 
@@ -176,15 +178,44 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from semseg.inference import run_predict
+    from semseg.models import load_torch_model
+    from semseg.predict import Predictor, describe_tta, predict_files, resolve_sources
+    from semseg.runtime import OnnxModel
 
-    return run_predict(args)
+    files = resolve_sources(args.sources)
+    if args.onnx is not None:
+        if args.checkpoint or args.model:
+            raise SemsegError("--onnx FILE runs an exported model; it does not combine with --checkpoint or --model")
+        model: Any = OnnxModel(args.onnx, device=args.device)
+    else:
+        model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
+    predictor = Predictor(
+        model,
+        mode=args.mode,
+        size=args.size,
+        crop=args.crop,
+        stride=args.stride,
+        blend=args.blend,
+        tta=args.tta,
+        scales=args.scales,
+        flip=not args.no_flip,
+        precision=args.precision,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    failed = predict_files(predictor, files, args.out, args.confidence, args.probs, args.workers)
+    print(f"predicted {len(files) - len(failed)} of {len(files)} images into {args.out} ({args.mode} mode, "
+          f"{predictor.precision}, {describe_tta(predictor, args.tta)})")
+    if failed:
+        print(f"semseg: {len(failed)} image(s) could not be read: {', '.join(str(f) for f in failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX and check its outputs against PyTorch")
     _add_model_source(p)
-    p.add_argument("--format", choices=["onnx", "semseg"], default="onnx",
+    p.add_argument("--format", default="onnx",
                    help="onnx: an ONNX graph; semseg: an inference checkpoint (weights and metadata, no training state)")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--half", action="store_true", help="semseg format: store the weights in float16 (half the size)")
@@ -198,9 +229,28 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from semseg.export import run_export
+    from semseg.checkpoint import load_checkpoint
+    from semseg.export import export_model
+    from semseg.models import load_torch_model
 
-    return run_export(args)
+    if args.checkpoint is None and args.model is None:
+        raise SemsegError("say what to export: --checkpoint FILE, or --model NAME --weights FILE --num-classes N")
+    model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
+    provenance = load_checkpoint(args.checkpoint) if args.checkpoint and args.format == "semseg" else None
+    report = export_model(model, args.out, args.format, args.size, args.dynamic, args.opset, args.half,
+                          args.tta_scales, provenance)
+    agreement = (f"on {report['batches']} sample batches: argmax agreement {100 * report['agreement']:.3f}%, "
+                 f"max logit difference {report['max_abs_diff']:.2e}")
+    if args.format == "semseg":
+        kind = "float16" if args.half else "float32"
+        print(f"exported {model.model_name} to {args.out} ({kind} weights, {Path(args.out).stat().st_size / 1e6:.1f} MB)")
+        print(f"parity with the original weights {agreement}")
+    else:
+        size = report["size"]
+        shape = "dynamic height and width" if args.dynamic else f"{size[0]}x{size[1]} inputs"
+        print(f"exported {model.model_name} to {args.out} ({shape}, opset {args.opset})")
+        print(f"parity with PyTorch {agreement}")
+    return 0
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -209,11 +259,44 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ACCEPTS_OVERRIDES = {"train", "val"}
 
 
+class _Console(logging.Handler):
+    """Library log records as the command's output: INFO on stdout as is, warnings and errors on stderr, prefixed.
+
+    Streams are looked up at each record (tests and callers swap sys.stdout); with a
+    progress bar on screen the line goes through tqdm so that the bar is redrawn below it.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                text = f"semseg: {record.levelname.lower()}: {text}"
+            stream = sys.stdout if record.levelno == logging.INFO else sys.stderr
+            if "tqdm" in sys.modules:
+                sys.modules["tqdm"].tqdm.write(text, file=stream)
+            else:
+                print(text, file=stream, flush=True)
+        except Exception:  # a logging handler never raises into the library
+            self.handleError(record)
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """Route the ``semseg`` loggers to the console: -1 warnings only, 0 info, 1 debug."""
+    logger = logging.getLogger("semseg")
+    for handler in [h for h in logger.handlers if isinstance(h, _Console)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_Console())
+    logger.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
+    logger.propagate = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     from semseg import __version__
 
     parser = argparse.ArgumentParser(prog="semseg", description="semantic segmentation toolkit")
     parser.add_argument("--version", action="version", version=f"semseg {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages too")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -229,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             args, extra = parser.parse_args(argv), []
         args.extra = extra
+        setup_logging(-1 if args.quiet else 1 if args.verbose else 0)
         return int(args.handler(args) or 0)
     except SemsegError as exc:
         print(f"semseg: error: {exc}", file=sys.stderr)

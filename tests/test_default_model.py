@@ -10,7 +10,7 @@ from PIL import Image
 
 from semseg.cli import main
 from semseg.data.formats import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID
-from semseg.inference import Predictor
+from semseg.predict import Predictor
 from semseg.models.factory import DEFAULT_MODEL_PATH
 from semseg.io import read_label_map
 from semseg.metrics import ConfusionMatrix

@@ -9,11 +9,13 @@ import onnx
 import pytest
 import torch
 
-from semseg import export
+from semseg.export import checkpoint as export_checkpoint_module
+from semseg.export import onnx as export
 from semseg.errors import SemsegError
-from semseg.export import OnnxModel, check_parity, export_checked, export_onnx, parity_inputs
-from semseg.inference import Predictor
-from test_inference import ToySeg, rgb
+from semseg.export import check_parity, export_checked, export_onnx, parity_inputs
+from semseg.runtime import OnnxModel
+from semseg.predict import Predictor
+from test_predict import ToySeg, rgb
 
 
 @pytest.fixture(scope="module")
@@ -256,9 +258,9 @@ def test_export_checkpoint_fails_its_parity_check_and_removes_the_file(zoo_check
     _, model = zoo_checkpoint
     reloaded = load_model(zoo_checkpoint[0])
     # what a lossy storage would give: other logits than the original's
-    monkeypatch.setattr("semseg.models.load_model", lambda path: (lambda x: -reloaded(x)))
+    monkeypatch.setattr(export_checkpoint_module, "load_model", lambda path: (lambda x: -reloaded(x)))
     with pytest.raises(SemsegError, match="parity check failed: the exported weights agree"):
-        export.export_checkpoint_checked(model, tmp_path / "x.pt", (32, 48))
+        export_checkpoint_module.export_checkpoint_checked(model, tmp_path / "x.pt", (32, 48))
     assert not (tmp_path / "x.pt").exists()
 
 

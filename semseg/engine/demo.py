@@ -68,8 +68,8 @@ def run_demo(run_dir: str | Path = "runs/demo", minutes: float = 2.0) -> int:
 
 def _predict_frame(model: Any, frame: Path, out: Path, prefix: str, who: str) -> Path:
     """Predict the held-back ``frame``, write its labels and overlay into ``out``, print the share of correct pixels."""
-    from semseg.inference import Predictor
-    from semseg.viz import overlay
+    from semseg.predict import Predictor
+    from semseg.reports.viz import overlay
 
     labels = Predictor(model)(frame)
     palette = model.pretrained_cfg.palette

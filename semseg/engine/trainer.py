@@ -28,7 +28,7 @@ from semseg.checkpoint import load_checkpoint, save_checkpoint
 from semseg.config import RunConfig, load_config, to_dict, to_yaml, validate
 from semseg.engine import distributed as dist_utils
 from semseg.engine.optim import build_optimizer, build_scheduler
-from semseg.engine.precision import autocast, resolve_device, resolve_precision, use_channels_last
+from semseg.runtime.precision import autocast, resolve_device, resolve_precision, use_channels_last
 from semseg.errors import SemsegError
 from semseg.io import write_text_atomic
 from semseg.metrics import ConfusionMatrix, format_report, report
@@ -620,7 +620,7 @@ def run_val(
 @torch.no_grad()
 def _save_examples(model: nn.Module, dataset: Any, count: int, folder: Path, device: torch.device, precision: str) -> None:
     from semseg.io import encode_image_png, write_bytes_atomic
-    from semseg.viz import panel
+    from semseg.reports.viz import panel
 
     meta = model.pretrained_cfg
     mean = torch.tensor(meta.mean).view(3, 1, 1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semseg.errors import SemsegError
-from semseg.viz import colorize, generate_palette, legend, overlay, panel
+from semseg.reports.viz import colorize, generate_palette, legend, overlay, panel
 
 PALETTE = [[10, 20, 30], [200, 0, 0], [0, 200, 0]]
 
@@ -35,7 +35,7 @@ def test_colorize_rejects_ids_without_a_colour():
 
 
 def test_overlay_blends_and_keeps_ignored_pixels(monkeypatch):
-    import semseg.viz as viz
+    import semseg.reports.viz as viz
 
     monkeypatch.setattr(viz, "BAND_ROWS", 2)  # several bands
     image = np.full((5, 4, 3), 100, np.uint8)

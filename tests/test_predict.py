@@ -16,11 +16,12 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from semseg import inference
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta
 from semseg.models import factory
-from semseg.inference import (
+from semseg.runtime.precision import resolve_precision
+from semseg.predict import tiling
+from semseg.predict import (
     Predictor,
     default_batch_size,
     blend_weights,
@@ -257,7 +258,7 @@ def test_auto_precision_agrees_with_fp32():
     image = rgb(40, 56)
     fp32 = Predictor(ToySeg(), precision="fp32").predict_proba(image)
     auto = Predictor(ToySeg(), precision="auto").predict_proba(image)
-    np.testing.assert_allclose(auto, fp32, atol=2e-2 if inference.resolve_precision("auto", torch.device("cpu")) == "bf16" else 1e-5)
+    np.testing.assert_allclose(auto, fp32, atol=2e-2 if resolve_precision("auto", torch.device("cpu")) == "bf16" else 1e-5)
 
 
 @pytest.mark.parametrize(
@@ -300,11 +301,11 @@ def test_bad_images_raise_clear_errors(image, message):
 
 
 def test_bands_released_in_small_pieces_equal_the_full_buffer(monkeypatch):
-    monkeypatch.setattr(inference, "BAND_ROWS", 5)
+    monkeypatch.setattr(tiling, "BAND_ROWS", 5)
     model = ToySeg().eval()
     image = normalize(torch.from_numpy(rgb(70, 40)).permute(2, 0, 1), MEAN, STD)
     with torch.no_grad():
-        bands = list(inference.slide_window_bands(model, image, (32, 24), (13, 16), 4, 2, "gaussian"))
+        bands = list(tiling.slide_window_bands(model, image, (32, 24), (13, 16), 4, 2, "gaussian"))
         want = full_buffer_reference(model, image, (32, 24), (13, 16), "gaussian")
     assert max(band.shape[1] for _, band in bands) == 5
     assert [top for top, _ in bands] == sorted(top for top, _ in bands)
@@ -321,7 +322,7 @@ import resource, sys
 from pathlib import Path
 import numpy as np, torch
 from torch import nn
-from semseg.inference import Predictor, write_outputs
+from semseg.predict import Predictor, write_outputs
 
 torch.manual_seed(0)
 model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 19, 1))
@@ -455,7 +456,7 @@ def lraspp_checkpoint(tmp_path_factory):
 def test_fp32_reproduces_the_plain_recipe_exactly_with_a_zoo_model(lraspp_checkpoint, tmp_path):
     _, model = lraspp_checkpoint
     path = tmp_path / "frame.png"
-    demo = Path(inference.__file__).parent / "assets" / "demo" / "val"
+    demo = Path(factory.DEFAULT_MODEL_PATH).parent / "demo" / "val"
     Image.open(sorted(demo.glob("*.png"))[0]).resize((150, 110)).save(path)  # a street scene shipped in the package
     want = plain_recipe(model, Image.open(path).convert("RGB"))
     np.testing.assert_array_equal(Predictor(model, precision="fp32")(path), want)

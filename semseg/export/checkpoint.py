@@ -1,0 +1,51 @@
+"""An inference checkpoint: the weights (float16 on request) and the metadata, no training state; checked on reload."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from semseg.checkpoint import save_checkpoint
+from semseg.export.parity import compare_logits, fail_unless_parity, parity_inputs
+from semseg.meta import ModelMeta
+from semseg.models.factory import load_model
+from semseg.predict.functional import Size
+
+# what an inference checkpoint keeps of a training checkpoint besides the model: how it was made
+PROVENANCE_KEYS = ("config", "metrics", "best_miou", "best_epoch", "epoch", "class_weights")
+
+
+def export_checkpoint(
+    model: nn.Module, path: str | os.PathLike, half: bool = False, provenance: dict[str, Any] | None = None
+) -> Path:
+    """Write an inference checkpoint: the weights (float16 with ``half``: half the size) and the metadata.
+
+    It loads like any semseg checkpoint (:func:`semseg.models.load_model`,
+    ``--checkpoint``), back into float32 weights; no optimizer state is kept.
+    ``provenance``: entries of the training checkpoint to keep (its config and scores).
+    """
+    weights = {
+        key: value.detach().cpu().half() if half and value.is_floating_point() else value.detach().cpu()
+        for key, value in model.state_dict().items()
+    }
+    state = {key: value for key, value in (provenance or {}).items() if key in PROVENANCE_KEYS}
+    state.update(
+        model_name=model.model_name, model_kwargs=dict(model.model_kwargs),
+        model_meta=model.pretrained_cfg.to_dict(), model=weights,
+    )
+    save_checkpoint(state, path)
+    return Path(path)
+
+
+def export_checkpoint_checked(
+    model: nn.Module, path: str | os.PathLike, input_size: Size, half: bool = False, provenance: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Export, reload, and check the reloaded model's logits against ``model``; a failed check removes the file."""
+    path = export_checkpoint(model, path, half, provenance)
+    meta = ModelMeta.of(model)
+    report = compare_logits(model, load_model(path), parity_inputs(input_size, meta.mean, meta.std), f"{path}:")
+    fail_unless_parity(report, path, "the exported weights agree with the original")
+    return report

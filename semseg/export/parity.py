@@ -1,0 +1,79 @@
+"""Parity checks: an export's logits against the PyTorch model's on sample inputs.
+
+The inputs are normalized batches of random noise, flat grey, gradients, a
+checkerboard and a street frame shipped in the package (and, for a graph that
+takes any size, an odd size). An argmax agreement below
+:data:`PARITY_MIN_AGREEMENT` fails the export and removes its file.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from semseg.errors import SemsegError
+from semseg.io import list_images, read_image
+from semseg.predict.functional import Size
+from semseg.predict.images import normalize
+
+PARITY_MIN_AGREEMENT = 0.999
+
+
+def parity_inputs(input_size: Size, mean: Sequence[float], std: Sequence[float], dynamic: bool = False) -> list[Tensor]:
+    """Normalized sample batches ``[N, 3, H, W]``: random noise, flat grey, gradients, a checkerboard and a street frame.
+
+    With ``dynamic`` an odd-sized batch checks that the graph really takes other sizes.
+    """
+    height, width = input_size
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (2, 3, height, width), generator=generator, dtype=torch.uint8)
+    grey = torch.full((1, 3, height, width), 128, dtype=torch.uint8)
+    ramp_y = torch.linspace(0, 255, height).view(height, 1).expand(height, width)
+    ramp_x = torch.linspace(0, 255, width).view(1, width).expand(height, width)
+    gradient = torch.stack([ramp_y, ramp_x, 255 - ramp_x]).round().to(torch.uint8)[None]
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    checker = ((((yy // 16) + (xx // 16)) % 2) * 255).to(torch.uint8).expand(3, height, width)[None]
+    batches = [noise, grey, gradient, checker, _street_frame(input_size)]
+    if dynamic:
+        odd = (max(8, height * 3 // 4 + 1), max(8, width * 5 // 4 + 3))
+        batches.append(torch.randint(0, 256, (1, 3, *odd), generator=generator, dtype=torch.uint8))
+    return [normalize(batch, mean, std) for batch in batches]
+
+
+def _street_frame(size: Size) -> Tensor:
+    """A CamVid frame shipped in the package, resized to ``size``: uint8 ``[1, 3, H, W]``."""
+    frame = list_images(Path(str(resources.files("semseg"))) / "assets" / "demo" / "val")[0]
+    rgb = Image.fromarray(read_image(frame)).resize((size[1], size[0]), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)[None]
+
+
+def compare_logits(model: nn.Module, candidate: Any, inputs: Sequence[Tensor], label: str) -> dict[str, Any]:
+    """Logits of ``candidate`` (a callable) against ``model``'s fp32 logits; see :func:`check_parity`."""
+    model = model.eval().cpu().to(memory_format=torch.contiguous_format)
+    max_diff, same, pixels = 0.0, 0, 0
+    for batch in inputs:
+        with torch.inference_mode():
+            expected = model(batch).float()
+            got = candidate(batch).float()
+        if got.shape != expected.shape:
+            raise SemsegError(f"{label} output shape {list(got.shape)} differs from PyTorch's {list(expected.shape)}")
+        max_diff = max(max_diff, float((got - expected).abs().max()))
+        same += int((got.argmax(1) == expected.argmax(1)).sum())
+        pixels += expected.shape[0] * expected.shape[2] * expected.shape[3]
+    return {"max_abs_diff": max_diff, "agreement": same / pixels, "pixels": pixels, "batches": len(inputs)}
+
+
+def fail_unless_parity(report: dict[str, Any], path: Path, who_agrees: str) -> None:
+    """Remove ``path`` and raise when the argmax agreement of ``report`` is below the parity threshold."""
+    if report["agreement"] < PARITY_MIN_AGREEMENT:
+        path.unlink(missing_ok=True)
+        raise SemsegError(
+            f"{path}: parity check failed: {who_agrees} on {100 * report['agreement']:.3f}% of pixels "
+            f"(needs {100 * PARITY_MIN_AGREEMENT:.1f}%), max logit difference {report['max_abs_diff']:.3g}; file removed"
+        )

@@ -1,0 +1,49 @@
+"""Images in: any image-like value as uint8 RGB, and normalization exactly as torchvision's recipe does it."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from semseg.errors import SemsegError
+from semseg.io import read_image
+
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+
+def load_rgb(image: ImageLike) -> np.ndarray:
+    """An image path, PIL image or uint8 array as uint8 ``[H, W, 3]`` (the exact bytes PIL decodes)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise SemsegError(f"an image array must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+        return image
+    raise SemsegError(f"cannot predict on a {type(image).__name__}: pass a path, a PIL image or a uint8 [H, W, 3] array")
+
+
+def to_chw(rgb: np.ndarray) -> Tensor:
+    """uint8 ``[H, W, 3]`` -> uint8 ``[3, H, W]`` (a view, no copy)."""
+    with warnings.catch_warnings():
+        # PIL's decoded arrays are read-only; prediction only reads them, and a copy of a 48 MP image costs 144 MB
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 ``[..., 3, H, W]`` -> normalized float32.
+
+    Divides by 255 like torchvision's ToTensor (v2's ``to_dtype(scale=True)``
+    multiplies by 1/255, which differs in the last bit) and then uses the very
+    Normalize of torchvision, so fp32 prediction matches the plain recipe exactly.
+    """
+    return TF.normalize(images.to(torch.float32).div(255), list(mean), list(std))

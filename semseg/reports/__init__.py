@@ -1,0 +1,1 @@
+"""Pictures and reports of results: palettes, colorized label maps, overlays, legends, example panels."""

@@ -1,0 +1,31 @@
+"""How a model is run: torch devices and precision, and sessions of exported graphs (ONNX Runtime).
+
+Below both :mod:`semseg.predict` and :mod:`semseg.export`. A *session* is any
+object that :class:`semseg.predict.Predictor` can run in place of a torch
+model; it follows :class:`Session`. :class:`OnnxModel` is the one shipped; a
+new backend (OpenVINO, TensorRT) is one more module here with a class of the
+same shape (docs/architecture.md shows how).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import Tensor
+
+from semseg.meta import ModelMeta
+from semseg.runtime.onnx import OnnxModel
+
+
+class Session(Protocol):
+    """An exported model, callable like a torch model in eval mode."""
+
+    pretrained_cfg: ModelMeta  # classes, palette, mean and std, read from the file
+    fixed_input_size: tuple[int, int] | None  # (H, W) when the graph takes that size only
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """Normalized ``float[N,3,h,w]`` (any device) -> logits ``float[N,C,h,w]`` on the CPU."""
+        ...
+
+
+__all__ = ["OnnxModel", "Session"]

@@ -1,0 +1,73 @@
+"""An exported ONNX graph run by ONNX Runtime, usable wherever a model is.
+
+The graph takes ``float[N,3,H,W]`` normalized images and gives logits
+``float[N,C,H,W]``; its ``metadata_props`` hold the model's
+:class:`~semseg.meta.ModelMeta` as JSON values (plus ``model_name`` and
+``dynamic``), written by :func:`semseg.export.export_onnx`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from semseg.errors import SemsegError
+from semseg.meta import ModelMeta
+
+
+def read_onnx_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """Parse ``metadata_props`` (a name -> JSON string map) into plain values."""
+    values: dict[str, Any] = {}
+    for key, text in props.items():
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raise SemsegError(f"ONNX metadata entry {key!r} is not JSON: {text[:80]!r}") from None
+    return values
+
+
+class OnnxModel:
+    """An exported model run by ONNX Runtime: a :class:`semseg.runtime.Session`.
+
+    ``model(images float[N,3,h,w]) -> logits float[N,C,h,w]``; ``pretrained_cfg``
+    is the :class:`ModelMeta` read from the file (ImageNet mean/std when it has
+    none), ``model_name`` the zoo name it was exported from; ``fixed_input_size``
+    is ``(H, W)`` for a graph exported without ``dynamic`` (else None), and a
+    graph exported for batch 1 is fed one image at a time.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto") -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SemsegError(f"{self.path}: ONNX file not found")
+        providers = ["CPUExecutionProvider"]
+        if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception classes (Fail, InvalidGraph, ...)
+            raise SemsegError(f"{self.path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
+        props = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.pretrained_cfg = ModelMeta.from_dict(props)
+        self.model_name = props.get("model_name")
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        shape = graph_input.shape if len(graph_input.shape) == 4 else [None] * 4
+        spatial = shape[2:]
+        self.fixed_input_size = tuple(spatial) if all(isinstance(d, int) for d in spatial) else None
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.dynamic = self.fixed_input_size is None
+
+    def __call__(self, images: Tensor) -> Tensor:
+        inputs = np.ascontiguousarray(images.detach().cpu().float().numpy())
+        step = self.fixed_batch or len(inputs)
+        outputs = [self.session.run(None, {self.input_name: inputs[i : i + step]})[0] for i in range(0, len(inputs), step)]
+        return torch.from_numpy(np.concatenate(outputs))
