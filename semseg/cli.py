@@ -49,9 +49,9 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from semseg.metrics import run_score
+    from semseg.metrics import format_report, score
 
-    return run_score(
+    scores = score(
         pred_dir=args.pred,
         gt_dir=args.gt,
         num_classes=args.num_classes,
@@ -60,6 +60,10 @@ def _run_score(args: argparse.Namespace) -> int:
         json_path=args.json,
         allow_missing=args.allow_missing,
     )
+    print(format_report(scores))
+    if args.json is not None:
+        print(f"scores written to {args.json}")
+    return 0
 
 
 # ---------------------------------------------------------------- data check

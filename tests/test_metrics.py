@@ -18,6 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import semseg.metrics as metrics
+from semseg.metrics import counting as engine
 from semseg.errors import SemsegError
 from semseg.metrics import ConfusionMatrix, LabelValueError, compute_scores, format_report, report
 
@@ -55,12 +56,11 @@ def edge_case_batches(num_classes: int = 6, seed: int = 0) -> list[tuple[np.ndar
 
 @contextlib.contextmanager
 def counting_with(backend: str):
-    """CPU counting by semseg's compiled loops ("compiled", the default) or by torch alone ("torch", where numba is missing)."""
+    """CPU counting by semseg's compiled loops ("compiled", what CPU maps get) or by torch ("torch", what accelerators get)."""
     if backend == "compiled":
-        assert metrics._compiled_kernels() is not None  # numba is a dependency: the compiled loops must load
         yield
         return
-    with mock.patch.object(metrics, "_compiled_kernels", lambda: None):
+    with mock.patch.object(engine, "_count_compiled", engine._count_torch):
         yield
 
 
@@ -174,19 +174,6 @@ def test_a_batch_counts_like_its_images_one_by_one():
     assert batch.num_images == single.num_images == 3
 
 
-@pytest.mark.parametrize("counting", ["torch"], indirect=True)  # the compiled loop counts a part in one call
-def test_chunks_add_up_and_a_bad_value_in_a_later_chunk_is_found(monkeypatch, counting):
-    monkeypatch.setattr(metrics, "_CPU_CHUNK", 1000)  # several chunks per image
-    pred, target = edge_case_batches()[0]
-    cm = ConfusionMatrix(6)
-    cm.update(pred, target)
-    np.testing.assert_array_equal(cm.matrix, brute_force_matrix(pred, target, 6, IGNORE))
-    target = target.copy()
-    target[2, -1, -3:] = 9
-    with pytest.raises(LabelValueError, match=r"9 \(3 pixels\)"):
-        cm.update(pred, target)
-
-
 @pytest.mark.parametrize("offset", range(9))
 def test_byte_maps_count_exactly_at_any_alignment_with_uniform_and_mixed_words(offset):
     """The compiled loop reads byte maps 8 pixels at a time (uint64 words), and counts
@@ -216,7 +203,8 @@ def test_byte_maps_count_exactly_at_any_alignment_with_uniform_and_mixed_words(o
 def test_compiled_loops_still_load_where_no_disk_cache_can_be_written(monkeypatch):
     """numba refuses cache=True at decoration when no cache directory is writable (a read-only
     install and home); the loops then compile in each process instead of failing the import."""
-    numba = pytest.importorskip("numba")
+    import numba
+
     real_njit = numba.njit
 
     def njit_without_cache(*args, cache=False, **kwargs):
@@ -225,7 +213,7 @@ def test_compiled_loops_still_load_where_no_disk_cache_can_be_written(monkeypatc
         return real_njit(*args, **kwargs)
 
     monkeypatch.setattr(numba, "njit", njit_without_cache)
-    spec = importlib.util.spec_from_file_location("uncached_kernels", metrics._compiled_kernels().__file__)
+    spec = importlib.util.spec_from_file_location("uncached_kernels", engine._kernels().__file__)
     kernels = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kernels)
     histogram = np.zeros((kernels.LANES, 5 * 3), np.int64)
@@ -270,15 +258,14 @@ def test_update_leaves_torch_thread_count_as_it_was():
     [(6, 255, np.uint8), (6, 255, np.int64), (19, 255, np.uint8), (6, -1, np.int16)],  # bytes, any dtype, remapped
 )
 def test_parts_counted_on_threads_add_up_and_a_bad_value_in_any_part_is_found(monkeypatch, num_classes, ignore_index, dtype):
-    monkeypatch.setattr(metrics, "_MIN_PIXELS_PER_WORKER", 500)  # several parts even for small maps
-    monkeypatch.setattr(metrics, "_CPU_CHUNK", 700)  # and several chunks per part
+    monkeypatch.setattr(engine, "_MIN_PIXELS_PER_WORKER", 500)  # several parts even for small maps
     threads = torch.get_num_threads()
     torch.set_num_threads(3)  # three parts; torch may run with fewer real threads, the split is what matters
     try:
         pred, target = (a.astype(dtype) for a in edge_case_batches(num_classes)[0])
         target[target == IGNORE] = ignore_index
         cm = ConfusionMatrix(num_classes, ignore_index)
-        assert metrics._worker_count(torch.from_numpy(pred)) == 3
+        assert engine._worker_count(torch.from_numpy(pred)) == 3
         cm.update(pred, target)
         np.testing.assert_array_equal(cm.matrix, brute_force_matrix(pred, target, num_classes, ignore_index))
         for part in (0, 2):  # a bad target in the first part, then a bad prediction in the last
@@ -301,7 +288,7 @@ def _count_in_child(queue) -> None:
 @pytest.mark.usefixtures("counting")
 def test_a_forked_child_counts_on_threads_of_its_own(monkeypatch):
     """Threads do not survive fork: a child (e.g. a DataLoader worker) must not submit to its parent's pool."""
-    monkeypatch.setattr(metrics, "_MIN_PIXELS_PER_WORKER", 500)
+    monkeypatch.setattr(engine, "_MIN_PIXELS_PER_WORKER", 500)
     if torch.get_num_threads() < 2:
         monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     pred, target = edge_case_batches()[0]

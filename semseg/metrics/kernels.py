@@ -4,16 +4,12 @@ Why written by hand (with numba): torch has no confusion-count kernel. With
 ``torch.bincount`` the joint index ``target * C + pred`` has to be built first
 (several passes over memory, temporaries as large as the maps), and bincount
 then reads it three times: its own min pass, its max pass and the counting
-loop. These loops read each label once and check the ranges while counting.
-On the project's 2-core machine a 1024x2048 uint8 frame (19 classes) took
-1.9 ms on one thread here against 4.0 ms for semseg's torch formulation
-(interleaved sub-histograms, int16 indices, chunks kept in cache), and a
-CamVid batch of 8 frames 1.2 ms against 3.9 ms (BENCHMARKS.md, "Metrics").
+loop. These loops read each label once and check the ranges while counting
+(BENCHMARKS.md, "Metrics", compares the two).
 
-Importing this module imports numba; :mod:`semseg.metrics` does so lazily and
-falls back to its torch formulation when numba is missing. Compiled code is
-cached on disk, so only the first process on a machine compiles each
-signature (0.2-0.6 s each, measured).
+Compiled code is cached on disk where a cache directory is writable, so only
+the first process on a machine compiles each signature; elsewhere each
+process compiles on first use.
 """
 
 from __future__ import annotations

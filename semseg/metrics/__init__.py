@@ -1,0 +1,44 @@
+"""One metric contract: a confusion matrix summed over the whole dataset, and scores computed from it.
+
+The contract (docs/metrics.md gives it in full, with how peers differ):
+
+* ``matrix[g, p]`` counts pixels whose ground truth is class ``g`` and whose
+  prediction is class ``p`` (rows = ground truth, columns = prediction), summed
+  over every image before any score is computed. Pixels whose ground truth is
+  the ignore index are not counted.
+* Per class: IoU = TP / (TP + FP + FN), acc (recall) = TP / GT,
+  precision = TP / predicted, dice = 2TP / (2TP + FP + FN).
+* A score whose denominator is 0 is NaN: a class with neither ground truth nor
+  predictions has IoU, acc and dice NaN; a class that is only predicted has
+  IoU 0 and dice 0 (they count) and acc NaN (no ground truth to recall).
+* miou, mean_acc and mdice average the classes that are not NaN;
+  pixel_acc = trace / total; fwiou = sum over classes of (GT_c / total) * IoU_c.
+* Scores are fractions in 0..1 in the API and the JSON; the printed table shows
+  percentages.
+
+A target value that is neither a class nor the ignore index, or a prediction
+outside 0..C-1, raises :class:`LabelValueError` naming the values and their
+pixel counts: nothing is silently dropped.
+"""
+
+from semseg.metrics.confusion import ConfusionMatrix
+from semseg.metrics.counting import LabelValueError
+from semseg.metrics.folders import pair_label_files, score, score_folders
+from semseg.metrics.report import check_class_names, default_class_names, format_report, report, report_json
+from semseg.metrics.scores import CLASS_KEYS, MEAN_KEYS, compute_scores
+
+__all__ = [
+    "CLASS_KEYS",
+    "ConfusionMatrix",
+    "LabelValueError",
+    "MEAN_KEYS",
+    "check_class_names",
+    "compute_scores",
+    "default_class_names",
+    "format_report",
+    "pair_label_files",
+    "report",
+    "report_json",
+    "score",
+    "score_folders",
+]

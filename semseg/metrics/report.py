@@ -1,0 +1,91 @@
+"""The scores of a :class:`ConfusionMatrix` as a JSON-ready report, as JSON text, and as a printable table."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Sequence
+
+from semseg.errors import SemsegError
+from semseg.metrics.confusion import ConfusionMatrix
+from semseg.metrics.scores import CLASS_KEYS, MEAN_KEYS
+
+
+def _json_float(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def check_class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    """The names to report under: ``class_0``... when None; else exactly C unique names."""
+    if class_names is None:
+        return default_class_names(num_classes)
+    names = [str(name) for name in class_names]
+    if len(names) != num_classes:
+        raise SemsegError(f"class names: got {len(names)} names for {num_classes} classes")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise SemsegError(f"class names must be unique; repeated: {', '.join(duplicates)}")
+    return names
+
+
+def report(cm: ConfusionMatrix, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The JSON-ready scores of ``cm``: the means, ``num_images``, ``per_class`` and the matrix.
+
+    Keys, in order: miou, mean_acc, mdice, pixel_acc, fwiou, num_images,
+    per_class ({name: {iou, acc, precision, dice, gt_pixels, pred_pixels}} in
+    class order), confusion_matrix (rows = ground truth). NaN becomes None.
+    """
+    names = check_class_names(class_names, cm.num_classes)
+    scores = cm.compute()
+    result: dict[str, Any] = {key: _json_float(scores[key]) for key in MEAN_KEYS}
+    result["num_images"] = cm.num_images
+    result["per_class"] = {
+        name: {
+            **{key: _json_float(scores[key][c]) for key in CLASS_KEYS},
+            "gt_pixels": int(scores["gt_pixels"][c]),
+            "pred_pixels": int(scores["pred_pixels"][c]),
+        }
+        for c, name in enumerate(names)
+    }
+    result["confusion_matrix"] = cm.matrix.tolist()
+    return result
+
+
+def report_json(report: dict[str, Any]) -> str:
+    """A :func:`report` dict as indented JSON, with one line per confusion-matrix row."""
+    placeholder = '"confusion_matrix": "ROWS"'
+    text = json.dumps({**report, "confusion_matrix": "ROWS"}, indent=2, allow_nan=False)
+    rows = ",\n    ".join(json.dumps(row) for row in report["confusion_matrix"])
+    return text.replace(placeholder, f'"confusion_matrix": [\n    {rows}\n  ]') + "\n"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A per-class table (percentages, 2 decimals) followed by the means, from a :func:`report` dict."""
+    per_class = report["per_class"]
+    width = max([len("class"), *(len(name) for name in per_class)])
+    header = f"{'class':<{width}}  {'IoU':>7} {'acc':>7} {'prec':>7} {'dice':>7}  {'GT pixels':>13} {'pred pixels':>13}"
+    lines = [header, "-" * len(header)]
+    for name, row in per_class.items():
+        scores = " ".join(f"{_percent(row[key]):>7}" for key in CLASS_KEYS)
+        lines.append(f"{name:<{width}}  {scores}  {row['gt_pixels']:>13,} {row['pred_pixels']:>13,}")
+    lines.append("-" * len(header))
+    if any(row[key] is None for row in per_class.values() for key in CLASS_KEYS):
+        lines.append("-: undefined (the class has no ground-truth pixels, or no pixels at all); left out of the means")
+    lines.append(
+        f"mIoU {_percent(report['miou'])}   mean acc {_percent(report['mean_acc'])}   "
+        f"mDice {_percent(report['mdice'])}   pixel acc {_percent(report['pixel_acc'])}   "
+        f"fwIoU {_percent(report['fwiou'])}   ({_plural(report['num_images'], 'image')})"
+    )
+    return "\n".join(lines)
