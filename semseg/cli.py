@@ -86,9 +86,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data_check(args: argparse.Namespace) -> int:
-    from semseg.data.audit import run_check
+    from semseg.data.audit import audit, format_report
 
-    return run_check(
+    report = audit(
         fmt=args.format,
         root=args.root,
         split=args.split,
@@ -96,6 +96,8 @@ def _run_data_check(args: argparse.Namespace) -> int:
         json_path=args.json,
         overrides=args.overrides,
     )
+    print(format_report(report))
+    return 1 if report["errors"] else 0
 
 
 # ---------------------------------------------------------------- train / val / demo
@@ -108,9 +110,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from semseg.engine.trainer import run_train
+    from semseg.engine.loop import train
 
-    return run_train(config_path=args.config, overrides=_split_overrides(args.extra), run_dir=args.run_dir, resume=args.resume)
+    run_dir = train(config_path=args.config, overrides=_split_overrides(args.extra), run_dir=args.run_dir, resume=args.resume)
+    print(f"run folder: {run_dir} (best.pt, last.pt, metrics.jsonl, config.yaml)")
+    return 0
 
 
 def _add_val(sub: argparse._SubParsersAction) -> None:
@@ -123,15 +127,20 @@ def _add_val(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_val(args: argparse.Namespace) -> int:
-    from semseg.engine.trainer import run_val
+    from semseg.engine.evaluate import evaluate_checkpoint
+    from semseg.metrics import format_report
 
-    return run_val(
+    scores, examples = evaluate_checkpoint(
         checkpoint=args.checkpoint,
         overrides=_split_overrides(args.extra),
         json_path=args.json,
         save_examples=args.save_examples,
         out_dir=args.out,
     )
+    print(format_report(scores))
+    if examples is not None:
+        print(f"example panels: {examples}")
+    return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

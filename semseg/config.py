@@ -116,6 +116,7 @@ class TrainConfig:
     time_limit_minutes: Optional_float = None  # type: ignore[valid-type]
     # reproducible kernels (slower); resume reproduces a run exactly either way on CPU
     deterministic: bool = False
+    # where the output is not a terminal (a log file): a progress line every this many batches
     log_every: int = 10
 
 
@@ -324,7 +325,7 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
         raise SemsegError(f"config key 'model.bn_momentum' must lie in (0, 1], got {config.model.bn_momentum}")
     if d.workers < 0:
         raise SemsegError("config key 'data.workers' must be >= 0")
-    for key in ("epochs", "batch_size", "accumulate", "val_every"):
+    for key in ("epochs", "batch_size", "accumulate", "val_every", "log_every"):
         if getattr(t, key) < 1:
             raise SemsegError(f"config key 'train.{key}' must be >= 1, got {getattr(t, key)}")
     if t.lr <= 0:

@@ -132,9 +132,9 @@ def test_resume_after_sigkill_is_exact(tiny_camvid, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_camvid, tmp_path, monkeypatch, capsys):
-    import semseg.losses
+    from semseg.engine import setup
 
-    real = semseg.losses.create_loss
+    real = setup.create_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -148,7 +148,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
         return Poisoned()
 
-    monkeypatch.setattr(semseg.losses, "create_loss", poisoned)
+    monkeypatch.setattr(setup, "create_loss", poisoned)
     run = tmp_path / "run"
     assert _train(run, tiny_camvid) == 2
     err = capsys.readouterr().err
@@ -182,7 +182,7 @@ def test_class_weights_from_the_training_set(tiny_camvid, tmp_path):
 
 
 def test_bn_momentum_applies_to_every_batchnorm():
-    from semseg.engine.trainer import build_model
+    from semseg.engine.setup import build_model
 
     cfg = load_config(None, ["model.name=lraspp_mobilenet_v3_large", "model.bn_momentum=0.1"])
     model = build_model(cfg, 11, [str(i) for i in range(11)], [[i, i, i] for i in range(11)])

@@ -151,15 +151,15 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_check(
+def audit(
     fmt: str | None,
     root: str | None,
     split: str | None = None,
     config_path: str | os.PathLike | None = None,
     json_path: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
-) -> int:
-    """``semseg data check``. Returns the exit status: 0 clean, 1 when the dataset has errors.
+) -> dict[str, Any]:
+    """``semseg data check``: the :func:`check_dataset` report, also written to ``json_path``.
 
     The dataset description is built from the defaults, then the ``data`` section of
     ``config_path``, then ``overrides`` (``key=value``; the ``data.`` prefix may be left
@@ -175,7 +175,6 @@ def run_check(
         raise SemsegError("no dataset root: pass --root DIR (or --config with data.root set)")
     validate(config, dataset_info(data).num_classes)
     report = check_dataset(data, split or data.train_split)
-    print(format_report(report))
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
-    return 1 if report["errors"] else 0
+    return report

@@ -7,6 +7,7 @@ network and no file outside the package is needed.
 
 from __future__ import annotations
 
+import logging
 import time
 from importlib import resources
 from pathlib import Path
@@ -15,8 +16,14 @@ from typing import Any
 import numpy as np
 
 from semseg.config import RunConfig, load_config
+from semseg.engine.loop import fit
 from semseg.errors import SemsegError
 from semseg.io import encode_image_png, list_images, read_image, read_label_map, write_bytes_atomic, write_label_png
+from semseg.models import factory, load_model
+from semseg.predict import Predictor
+from semseg.reports.viz import overlay
+
+log = logging.getLogger(__name__)
 
 DEMO_ROOT = resources.files("semseg") / "assets" / "demo"
 
@@ -44,17 +51,14 @@ def demo_config(minutes: float) -> RunConfig:
 
 
 def run_demo(run_dir: str | Path = "runs/demo", minutes: float = 2.0) -> int:
-    from semseg.engine.trainer import fit
-    from semseg.models import factory, load_model
-
     run_dir = Path(run_dir)
     if (run_dir / "last.pt").exists():
         raise SemsegError(f"{run_dir} already holds a demo run; remove it or pass --run-dir")
     cfg = demo_config(minutes)
-    print(f"semseg demo: training {cfg.model.name} from scratch on {DEMO_ROOT} for up to {minutes:g} min")
+    log.info("semseg demo: training %s from scratch on %s for up to %g min", cfg.model.name, DEMO_ROOT, minutes)
     start = time.monotonic()
     last = fit(cfg, run_dir)
-    print(f"trained {last.get('epoch')} epochs in {time.monotonic() - start:.0f} s")
+    log.info("trained %s epochs in %.0f s", last.get("epoch"), time.monotonic() - start)
 
     frame = list_images(Path(str(DEMO_ROOT)) / "test")[0]
     out = run_dir / "prediction"
@@ -62,15 +66,12 @@ def run_demo(run_dir: str | Path = "runs/demo", minutes: float = 2.0) -> int:
     if factory.DEFAULT_MODEL_PATH.is_file():  # the same frame by the embedded default model (an hour of CamVid training)
         who = "semseg's default CamVid model (trained on CamVid train+val, which hold this frame)"
         _predict_frame(load_model(factory.DEFAULT_MODEL_PATH), frame, out, "default_", who)
-    print(f"look at: {overlay_path} (colour overlay), {run_dir / 'metrics.jsonl'} (scores)")
+    log.info("look at: %s (colour overlay), %s (scores)", overlay_path, run_dir / "metrics.jsonl")
     return 0
 
 
 def _predict_frame(model: Any, frame: Path, out: Path, prefix: str, who: str) -> Path:
-    """Predict the held-back ``frame``, write its labels and overlay into ``out``, print the share of correct pixels."""
-    from semseg.predict import Predictor
-    from semseg.reports.viz import overlay
-
+    """Predict the held-back ``frame``, write its labels and overlay into ``out``, log the share of correct pixels."""
     labels = Predictor(model)(frame)
     palette = model.pretrained_cfg.palette
     write_label_png(out / f"{prefix}{frame.stem}_labels.png", labels.astype(np.uint8), palette)
@@ -79,5 +80,6 @@ def _predict_frame(model: Any, frame: Path, out: Path, prefix: str, who: str) ->
     truth = read_label_map(Path(str(DEMO_ROOT)) / "testannot" / frame.name)
     valid = truth != 11  # CamVid's void
     agreement = float((labels[valid] == truth[valid]).mean())
-    print(f"held-back frame {frame.name}, {who}: {100 * agreement:.1f}% of labelled pixels correct ({overlay_path.name})")
+    log.info("held-back frame %s, %s: %.1f%% of labelled pixels correct (%s)", frame.name, who, 100 * agreement,
+             overlay_path.name)
     return overlay_path

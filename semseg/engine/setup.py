@@ -1,0 +1,154 @@
+"""Assembling a run: the model with the dataset's metadata, class weights, loaders, and the :class:`Trainer`."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from semseg.config import RunConfig, validate
+from semseg.data import build_dataset, class_statistics, dataset_info, eval_transform, train_transform
+from semseg.engine import distributed as dist_utils
+from semseg.engine.optim import build_optimizer, build_scheduler
+from semseg.engine.state import seed_everything, worker_init
+from semseg.engine.trainer import RunClock, Trainer
+from semseg.errors import SemsegError
+from semseg.losses import class_weights, create_loss
+from semseg.models import convert_norm, create_model
+from semseg.runtime.precision import resolve_device, resolve_precision, use_channels_last
+
+
+def build_model(cfg: RunConfig, num_classes: int, class_names: list[str], palette: list[list[int]]) -> nn.Module:
+    """The zoo model with the dataset's metadata, so checkpoints and the predictor normalize and colour right."""
+    model = create_model(cfg.model.name, num_classes=num_classes, pretrained=cfg.model.pretrained, **cfg.model.kwargs)
+    model.pretrained_cfg = replace(
+        model.pretrained_cfg,
+        num_classes=num_classes,
+        class_names=list(class_names),
+        palette=[list(c) for c in palette],
+        mean=tuple(cfg.data.mean),
+        std=tuple(cfg.data.std),
+        ignore_index=cfg.data.ignore_index,
+    )
+    if cfg.model.bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = cfg.model.bn_momentum
+    if cfg.model.norm == "gn":
+        model = convert_norm(model, "gn")
+    return model
+
+
+def resolve_class_weights(cfg: RunConfig, train_set: Any) -> list[float] | None:
+    """``train.class_weights``: None, a list, or computed from the training set's pixel counts."""
+    spec = cfg.train.class_weights
+    if spec is None or isinstance(spec, list):
+        return spec
+    stats = class_statistics(train_set, workers=cfg.data.workers)
+    return [float(w) for w in class_weights(spec, stats["class_pixels"], stats["present_pixels"])]
+
+
+def train_loader(dataset: Any, cfg: RunConfig, dist: dist_utils.DistInfo, pin: bool) -> DataLoader:
+    if cfg.train.batch_size % dist.world_size:
+        raise SemsegError(
+            f"config key 'train.batch_size' ({cfg.train.batch_size}) is the global batch and must divide "
+            f"by the number of processes ({dist.world_size})"
+        )
+    per_rank = cfg.train.batch_size // dist.world_size
+    if len(dataset) < cfg.train.batch_size:
+        raise SemsegError(
+            f"the training split has {len(dataset)} images, fewer than train.batch_size={cfg.train.batch_size}"
+        )
+    # The same sampler for 1 and N processes: each global batch holds the same images either way.
+    sampler = DistributedSampler(
+        dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.train.seed, drop_last=True
+    )
+    return DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=cfg.data.workers,
+        drop_last=True,
+        pin_memory=pin,
+        worker_init_fn=worker_init,
+        generator=torch.Generator(),
+        persistent_workers=False,  # fresh workers each epoch, seeded from (seed, epoch): exact resume
+    )
+
+
+def eval_loader(dataset: Any, workers: int, dist: dist_utils.DistInfo) -> DataLoader:
+    """Every rank evaluates a disjoint share (no padding duplicates, unlike DistributedSampler)."""
+    if dist.enabled:
+        dataset = Subset(dataset, list(range(dist.rank, len(dataset), dist.world_size)))
+    # batch 1: validation images may differ in size and are evaluated whole
+    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers)
+
+
+def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = None) -> Trainer:
+    """The :class:`Trainer` of ``cfg``: data, model, loss, optimizer; with ``resume_state``, its class weights and clock."""
+    device = resolve_device(cfg.train.device)
+    info = dataset_info(cfg.data)
+    validate(cfg, info.num_classes)
+    dist = dist_utils.init_distributed(device.type)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    precision = resolve_precision(cfg.train.precision, device)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(cfg.train.seed)
+
+    train_set = build_dataset(cfg.data, cfg.data.train_split, train_transform(cfg.data))
+    val_set = build_dataset(cfg.data, cfg.data.val_split, eval_transform(cfg.data)) if cfg.data.val_split else None
+    model = build_model(cfg, info.num_classes, info.class_names, info.palette)
+    if cfg.model.norm == "syncbn" and dist.enabled and device.type != "cuda":
+        raise SemsegError("model.norm=syncbn needs CUDA devices (PyTorch's SyncBatchNorm); use model.norm=gn on the CPU")
+    if cfg.model.norm == "syncbn" and dist.enabled:
+        model = convert_norm(model, "syncbn")
+    channels_last = use_channels_last(cfg.train.channels_last, device)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    if resume_state is not None and "class_weights" in resume_state:
+        weights = resume_state["class_weights"]  # computed once, at the start of the run
+    else:
+        weights = resolve_class_weights(cfg, train_set)
+    criterion = create_loss(
+        cfg.train.loss, info.num_classes, ignore_index=cfg.data.ignore_index, class_weights=weights, **cfg.train.loss_kwargs
+    ).to(device)
+    loader = train_loader(train_set, cfg, dist, pin=device.type == "cuda")
+    steps_per_epoch = len(loader) // cfg.train.accumulate
+    if steps_per_epoch < 1:
+        raise SemsegError("train.accumulate is larger than the number of batches in an epoch")
+    optimizer = build_optimizer(model, cfg.train)
+    ema = None
+    if cfg.train.ema:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+    clock = RunClock(cfg.train.time_limit_minutes, resume_state["history"][-1]["elapsed_s"] if resume_state and resume_state.get("history") else 0.0)
+    trainer = Trainer(
+        clock=clock,
+        cfg=cfg,
+        run_dir=run_dir,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        dist=dist,
+        model=model,
+        criterion=criterion,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.train, steps_per_epoch, clock.progress),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        ema=ema,
+        train_loader=loader,
+        val_loader=eval_loader(val_set, cfg.data.workers, dist) if val_set is not None else None,
+        class_names=info.class_names,
+        class_weights=weights,
+    )
+    return trainer
