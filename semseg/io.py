@@ -135,8 +135,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def encode_image_png(rgb: np.ndarray) -> bytes:
     """Encode a uint8 [H, W, 3] (or [H, W]) image as PNG bytes.
 
-    zlib level 1, not PIL's default 6: on photo-like overlays level 6 took 65 ms per
-    480x360 frame, more than a small model's prediction, for files only 9% smaller.
+    zlib level 1, not PIL's default 6: on photo-like overlays level 6 costs more time
+    than a small model's prediction, for files about a tenth smaller (BENCHMARKS.md, "Prediction").
     """
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", compress_level=1)

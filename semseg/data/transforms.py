@@ -48,8 +48,8 @@ class RandomScale(v2.Transform):
         if self.base_size is not None:
             scale *= min(self.base_size[0] / height, self.base_size[1] / width)
         size = [max(1, round(height * scale)), max(1, round(width * scale))]
-        # torch's uint8 antialiased resize fails an internal assert on 1x1 outputs (torch 2.14,
-        # found by the property test); a 1x2 output is as useless for training and works
+        # torch's uint8 antialiased resize fails an internal assert on 1x1 outputs (found by
+        # the property test); a 1x2 output is as useless for training and works
         return {"size": [size[0], max(2, size[1])] if size == [1, 1] else size}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -99,9 +99,9 @@ class RandomHue(v2.Transform):
     """``v2.ColorJitter(hue=hue)``: shift the hue by a factor drawn from [-hue, hue] (of the colour circle).
 
     A uint8 image on the CPU goes through torchvision's PIL hue kernel instead of
-    its tensor kernel: the same operation (an HSV round trip), 4x faster on a CamVid
-    frame (5 ms against 21 ms), and the tensor kernel was the slowest step of the
-    training preset. Other images use the tensor kernel.
+    its tensor kernel: the same operation (an HSV round trip), several times faster
+    on uint8 frames, where the tensor kernel was the slowest step of the training
+    preset (BENCHMARKS.md, "Data pipeline"). Other images use the tensor kernel.
     """
 
     _transformed_types = (tv_tensors.Image,)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 DEMO_ROOT = resources.files("semseg") / "assets" / "demo"
 
-# Calibrated on the 2-core reference machine: about two minutes of training.
+# A small model and crops that learn something in the demo's time budget (train.time_limit_minutes).
 DEMO_SETTINGS = [
     "name=demo",
     "model.name=lraspp_mobilenet_v3_large",

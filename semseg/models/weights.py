@@ -17,7 +17,6 @@ import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from semseg.checkpoint import CHECKPOINT_FORMAT, load_file

@@ -51,10 +51,9 @@ class Prediction:
 def default_batch_size(device: torch.device) -> int:
     """Images (whole mode) or tiles (slide mode) per forward pass when the user names none.
 
-    One on the CPU: there a batch of 4 CamVid frames ran slower per frame than single
-    frames (deeplabv3_resnet50 2.4 s against 2.1 s per frame in NCHW; LR-ASPP 61-79 ms
-    against 49-79 ms with channels_last), since one frame's activations already fill
-    the caches and both cores. Four on an accelerator, which needs the parallel work.
+    One on the CPU, where one frame's activations already fill the caches and the
+    cores, so that batches of frames ran no faster per frame (BENCHMARKS.md,
+    "Prediction"). Four on an accelerator, which needs the parallel work.
     """
     return 1 if device.type == "cpu" else 4
 

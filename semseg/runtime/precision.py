@@ -1,9 +1,9 @@
 """Device and numeric precision choices shared by training, evaluation and prediction.
 
 bf16 autocast only pays off where the hardware has bf16 arithmetic (CUDA, or
-CPUs with AVX512-BF16 / AMX). On a CPU without it PyTorch emulates bf16 and a
-convolution runs ~20x slower than fp32 (measured on an AVX2 EPYC), so ``auto``
-must look at the CPU, not just at the device type.
+CPUs with AVX512-BF16 / AMX). On a CPU without it PyTorch emulates bf16, many
+times slower than fp32, so ``auto`` must look at the CPU, not just at the
+device type.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
 
 
 def use_channels_last(setting: str, device: torch.device) -> bool:
-    """channels_last helps oneDNN and cuDNN convolutions (measured ~15% on CPU fp32 for LR-ASPP)."""
+    """Whether to use channels_last: ``auto`` says yes, since it speeds up oneDNN and cuDNN convolutions."""
     if setting == "on":
         return True
     if setting == "off":

@@ -1,0 +1,65 @@
+"""The ``semseg`` command: parse, call one typed library function, print. The only place that prints.
+
+One module per command (``cli/predict.py``, ``cli/export.py``, ...), each with
+``add_<command>(subparsers)`` and a handler that turns the parsed arguments
+into a library call; a new command is a new module and one line in
+:data:`COMMANDS`. Errors a user can fix (a bad file, a bad key) are
+:class:`SemsegError`: the command prints the message alone and exits with
+status 2. Library log records reach the console through :mod:`semseg.cli.console`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from semseg.cli.console import setup_logging
+from semseg.cli.data import add_data
+from semseg.cli.export import add_export
+from semseg.cli.predict import add_predict
+from semseg.cli.score import add_score
+from semseg.cli.train import add_demo, add_train, add_val
+from semseg.errors import SemsegError
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_train, add_val, add_predict, add_score, add_data, add_export, add_demo,
+]
+ACCEPTS_OVERRIDES = {"train", "val"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from semseg import __version__
+
+    parser = argparse.ArgumentParser(prog="semseg", description="semantic segmentation toolkit")
+    parser.add_argument("--version", action="version", version=f"semseg {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages too")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        command = next((arg for arg in argv if not arg.startswith("-")), None)
+        if command in ACCEPTS_OVERRIDES:
+            args, extra = parser.parse_known_args(argv)
+        else:
+            args, extra = parser.parse_args(argv), []
+        args.extra = extra
+        setup_logging(-1 if args.quiet else 1 if args.verbose else 0)
+        return int(args.handler(args) or 0)
+    except SemsegError as exc:
+        print(f"semseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("semseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""``semseg predict``: label maps, overlays (and confidence, probabilities) for images, folders and globs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from semseg.cli.args import add_model_source
+from semseg.errors import SemsegError
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict label maps for images, folders or globs")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders and glob patterns")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/labels, DIR/overlays (and confidence, probs)")
+    add_model_source(p)
+    p.add_argument("--onnx", default=None, metavar="FILE", help="an exported model, run with ONNX Runtime")
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="run the model at this size")
+    p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="slide mode tile size")
+    p.add_argument("--stride", type=int, nargs=2, default=None, metavar=("H", "W"), help="slide mode step (default 2/3 crop)")
+    p.add_argument("--blend", choices=["uniform", "gaussian"], default="uniform", help="slide mode tile weights")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="multi-scale + flip test-time augmentation (default: as the model's metadata recommends)")
+    p.add_argument("--scales", type=float, nargs="+", default=None,
+                   help="TTA scales (default: the model's recommended scales, else 0.75 1 1.25)")
+    p.add_argument("--no-flip", action="store_true", help="TTA without the mirrored views")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images (whole) or tiles (slide) per forward pass (default: 1 on the CPU, 4 on a GPU)")
+    p.add_argument("--workers", type=int, default=1, help="image-decoding processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--confidence", action="store_true", help="also write DIR/confidence/<name>.png (max probability)")
+    p.add_argument("--probs", action="store_true", help="also write DIR/probs/<name>.npy (float32 [C, H, W])")
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from semseg.models import load_torch_model
+    from semseg.predict import Predictor, describe_tta, predict_files, resolve_sources
+    from semseg.runtime import OnnxModel
+
+    files = resolve_sources(args.sources)
+    if args.onnx is not None:
+        if args.checkpoint or args.model:
+            raise SemsegError("--onnx FILE runs an exported model; it does not combine with --checkpoint or --model")
+        model: Any = OnnxModel(args.onnx, device=args.device)
+    else:
+        model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
+    predictor = Predictor(
+        model,
+        mode=args.mode,
+        size=args.size,
+        crop=args.crop,
+        stride=args.stride,
+        blend=args.blend,
+        tta=args.tta,
+        scales=args.scales,
+        flip=not args.no_flip,
+        precision=args.precision,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    failed = predict_files(predictor, files, args.out, args.confidence, args.probs, args.workers)
+    print(f"predicted {len(files) - len(failed)} of {len(files)} images into {args.out} ({args.mode} mode, "
+          f"{predictor.precision}, {describe_tta(predictor, args.tta)})")
+    if failed:
+        print(f"semseg: {len(failed)} image(s) could not be read: {', '.join(str(f) for f in failed)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,62 @@
+"""``semseg train``, ``semseg val`` and ``semseg demo``: the commands of the training engine."""
+
+from __future__ import annotations
+
+import argparse
+
+from semseg.cli.args import split_overrides
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a config (key=value overrides follow)")
+    p.add_argument("--config", default=None, help="YAML config file")
+    p.add_argument("--run-dir", default=None, help="run folder (default runs/<name>-<time>)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from semseg.engine.loop import train
+
+    run_dir = train(config_path=args.config, overrides=split_overrides(args.extra), run_dir=args.run_dir, resume=args.resume)
+    print(f"run folder: {run_dir} (best.pt, last.pt, metrics.jsonl, config.yaml)")
+    return 0
+
+
+def add_val(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("val", help="evaluate a checkpoint (config overrides follow, e.g. --data.root DIR)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--json", default=None, help="write the scores to this JSON file")
+    p.add_argument("--save-examples", type=int, default=0, metavar="N", help="save N image|truth|prediction panels")
+    p.add_argument("--out", default=None, help="folder for the example panels (default: beside the checkpoint)")
+    p.set_defaults(handler=_run_val)
+
+
+def _run_val(args: argparse.Namespace) -> int:
+    from semseg.engine.evaluate import evaluate_checkpoint
+    from semseg.metrics import format_report
+
+    scores, examples = evaluate_checkpoint(
+        checkpoint=args.checkpoint,
+        overrides=split_overrides(args.extra),
+        json_path=args.json,
+        save_examples=args.save_examples,
+        out_dir=args.out,
+    )
+    print(format_report(scores))
+    if examples is not None:
+        print(f"example panels: {examples}")
+    return 0
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train, evaluate and predict on the embedded street-scene sample")
+    p.add_argument("--run-dir", default="runs/demo")
+    p.add_argument("--minutes", type=float, default=2.0, help="training time budget")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from semseg.engine.demo import run_demo
+
+    return run_demo(run_dir=args.run_dir, minutes=args.minutes)
