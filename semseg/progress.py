@@ -1,6 +1,6 @@
 """Progress of a long loop, the one way library code shows it.
 
->>> with progress(len(files), "predict", unit="img", logger=log) as bar:
+>>> with Progress(len(files), "predict", unit="img", logger=log) as bar:
 ...     for file in files:
 ...         ...
 ...         bar.update(1, loss="0.4312")      # optional status, shown beside the count
@@ -73,15 +73,3 @@ class Progress:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None) -> None:
         self.close()
 
-
-def progress(
-    total: int,
-    desc: str,
-    *,
-    unit: str = "it",
-    logger: logging.Logger | None = None,
-    every: int | None = None,
-    enabled: bool = True,
-) -> Progress:
-    """A :class:`Progress` over ``total`` steps (see the module docstring)."""
-    return Progress(total, desc, unit=unit, logger=logger, every=every, enabled=enabled)

@@ -1,8 +1,8 @@
 """The console: library log records become the command's output.
 
 Library modules log to ``logging.getLogger(__name__)`` (under ``semseg``); the
-CLI routes those records here. INFO lines go to stdout as they are; warnings
-and errors to stderr as ``semseg: warning: ...``. ``-q`` shows warnings and
+CLI routes those records here. INFO lines go to stdout as they are; debug
+lines, warnings and errors to stderr as ``semseg: warning: ...``. ``-q`` shows warnings and
 errors only, ``-v`` debug messages too.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 
 class Console(logging.Handler):
-    """Library log records as the command's output: INFO on stdout as is, warnings and errors on stderr, prefixed.
+    """Library log records as the command's output: INFO on stdout as is, the others on stderr, prefixed.
 
     Streams are looked up at each record (tests and callers swap sys.stdout); with a
     progress bar on screen the line goes through tqdm so that the bar is redrawn below it.
@@ -22,7 +22,7 @@ class Console(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = record.getMessage()
-            if record.levelno >= logging.WARNING:
+            if record.levelno != logging.INFO:
                 text = f"semseg: {record.levelname.lower()}: {text}"
             stream = sys.stdout if record.levelno == logging.INFO else sys.stderr
             if "tqdm" in sys.modules:

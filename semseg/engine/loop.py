@@ -26,7 +26,7 @@ from semseg.engine.trainer import Trainer
 from semseg.errors import SemsegError
 from semseg.io import write_text_atomic
 from semseg.metrics import MEAN_KEYS
-from semseg.progress import progress
+from semseg.progress import Progress
 from semseg.runtime.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def train_one_epoch(trainer: Trainer, forward: nn.Module) -> dict[str, float]:
         trainer.model.freeze_encoder(True)  # also keeps the encoder's BatchNorm statistics still
     loader = trainer.train_loader
     steps = len(loader)
-    bar = progress(steps, f"epoch {trainer.epoch + 1}/{cfg.epochs}", unit="batch", logger=log, every=cfg.log_every,
+    bar = Progress(steps, f"epoch {trainer.epoch + 1}/{cfg.epochs}", unit="batch", logger=log, every=cfg.log_every,
                    enabled=trainer.dist.is_main)
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     trainer.optimizer.zero_grad(set_to_none=True)

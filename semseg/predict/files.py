@@ -18,7 +18,7 @@ import torch
 from semseg.errors import SemsegError
 from semseg.io import IMAGE_EXTENSIONS, encode_image_png, list_images, read_image, write_bytes_atomic, write_label_png
 from semseg.predict.predictor import Prediction, Predictor
-from semseg.progress import Progress, progress
+from semseg.progress import Progress
 from semseg.reports.viz import overlay
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def predict_files(
     pending: list[tuple[Path, np.ndarray]] = []
     # probabilities go one image at a time, straight into their .npy memory map
     batch_size = 1 if probs else predictor.batch_size
-    with progress(len(files), "predict", unit="img", logger=log) as bar:
+    with Progress(len(files), "predict", unit="img", logger=log) as bar:
         for index, rgb, error in loader:
             if error is not None:
                 log.warning("skipped %s", error)
