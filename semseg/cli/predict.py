@@ -37,7 +37,6 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from semseg.models import load_torch_model
     from semseg.predict import Predictor, describe_tta, predict_files, resolve_sources
     from semseg.runtime import OnnxModel
 
@@ -47,6 +46,8 @@ def _run_predict(args: argparse.Namespace) -> int:
             raise SemsegError("--onnx FILE runs an exported model; it does not combine with --checkpoint or --model")
         model: Any = OnnxModel(args.onnx, device=args.device)
     else:
+        from semseg.models import load_torch_model  # the zoo's imports take seconds: only when a torch model is used
+
         model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
     predictor = Predictor(
         model,

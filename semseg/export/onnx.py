@@ -156,11 +156,7 @@ def _metadata(model: nn.Module, input_size: Size, dynamic: bool) -> dict[str, st
 
 
 def check_parity(model: nn.Module, onnx_path: str | os.PathLike, inputs: Sequence[Tensor]) -> dict[str, Any]:
-    """Compare PyTorch (fp32) and ONNX Runtime logits on normalized ``inputs`` (batches ``[N, 3, H, W]``).
-
-    Returns ``max_abs_diff`` (largest logit difference), ``agreement`` (fraction
-    of pixels with the same argmax), ``pixels`` and ``batches``.
-    """
+    """PyTorch (fp32) against ONNX Runtime logits on normalized ``inputs``: see :func:`compare_logits`."""
     return compare_logits(model, OnnxModel(onnx_path, device="cpu"), inputs, f"{onnx_path}: ONNX")
 
 

@@ -54,7 +54,11 @@ def _street_frame(size: Size) -> Tensor:
 
 
 def compare_logits(model: nn.Module, candidate: Any, inputs: Sequence[Tensor], label: str) -> dict[str, Any]:
-    """Logits of ``candidate`` (a callable) against ``model``'s fp32 logits; see :func:`check_parity`."""
+    """Logits of ``candidate`` (a callable) against ``model``'s fp32 logits on normalized ``inputs`` ``[N, 3, H, W]``.
+
+    Returns ``max_abs_diff`` (largest logit difference), ``agreement`` (fraction
+    of pixels with the same argmax), ``pixels`` and ``batches``.
+    """
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     max_diff, same, pixels = 0.0, 0, 0
     for batch in inputs:

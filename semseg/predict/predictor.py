@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta, check_tta_scales
-from semseg.models.factory import load_model
 from semseg.predict.functional import DEFAULT_TTA_SCALES, ModelFn, Size, as_size, predict_whole, resize_back, resize_images, tta
 from semseg.predict.images import ImageLike, load_rgb, normalize, to_chw
 from semseg.predict.tiling import BLENDS, check_window, slide_window, slide_window_bands
@@ -121,6 +120,10 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> "Predictor":
         """A predictor for a semseg checkpoint (see :func:`semseg.models.load_model`)."""
+        # imported here: the model zoo (torchvision, smp, timm) takes seconds to import, and
+        # prediction through an exported session never needs it
+        from semseg.models.factory import load_model
+
         return cls(load_model(path), **kwargs)
 
     def _setup_window(self, crop: Size | None, stride: Size | None, model: Any) -> None:
