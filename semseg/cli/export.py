@@ -27,9 +27,10 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     from semseg.checkpoint import load_checkpoint
-    from semseg.export import export_model
+    from semseg.export import check_export_options, export_model
     from semseg.models import load_torch_model
 
+    check_export_options(args.format, args.half, args.dynamic)  # before the model loads
     if args.checkpoint is None and args.model is None:
         raise SemsegError("say what to export: --checkpoint FILE, or --model NAME --weights FILE --num-classes N")
     model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)

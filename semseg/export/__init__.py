@@ -25,6 +25,16 @@ from semseg.predict.functional import Size, as_size
 ExportFormat = Literal["onnx", "semseg"]
 
 
+def check_export_options(fmt: str, half: bool = False, dynamic: bool = False) -> None:
+    """SemsegError for a format semseg does not export, or an option that does not apply to ``fmt``."""
+    if fmt not in get_args(ExportFormat):
+        raise SemsegError(f"unknown export format {fmt!r}; semseg exports onnx and semseg (an inference checkpoint)")
+    if half and fmt != "semseg":
+        raise SemsegError("--half applies to --format semseg (an ONNX graph is exported in float32)")
+    if dynamic and fmt != "onnx":
+        raise SemsegError("--dynamic applies to --format onnx (a semseg checkpoint takes any size)")
+
+
 def export_model(
     model: nn.Module,
     out: str | os.PathLike,
@@ -43,12 +53,7 @@ def export_model(
     weights. ``tta_scales``: recorded in the metadata as the recommended TTA.
     ``provenance``: entries of the training checkpoint an inference checkpoint keeps.
     """
-    if fmt not in get_args(ExportFormat):
-        raise SemsegError(f"unknown export format {fmt!r}; semseg exports onnx and semseg (an inference checkpoint)")
-    if half and fmt != "semseg":
-        raise SemsegError("--half applies to --format semseg (an ONNX graph is exported in float32)")
-    if dynamic and fmt != "onnx":
-        raise SemsegError("--dynamic applies to --format onnx (a semseg checkpoint takes any size)")
+    check_export_options(fmt, half, dynamic)
     if tta_scales is not None:
         model.pretrained_cfg = replace(ModelMeta.of(model), tta_scales=check_tta_scales(tta_scales, "--tta-scales"))
     size = as_size(size, "--size") or ModelMeta.of(model).input_size or DEFAULT_EXPORT_SIZE
@@ -62,6 +67,7 @@ def export_model(
 __all__ = [
     "DEFAULT_EXPORT_SIZE",
     "ExportFormat",
+    "check_export_options",
     "NOT_EXPORTABLE",
     "PARITY_MIN_AGREEMENT",
     "PROVENANCE_KEYS",
