@@ -1,8 +1,9 @@
 """The training loop as plain functions: :func:`fit` -> :func:`train_one_epoch`, then validate, log, checkpoint.
 
 The loss is computed at the call site, torchvision's recipe: ``criterion(out,
-masks)`` plus ``train.aux_weight * criterion(aux, masks)`` for models with an
-aux head. Epoch lines and stop reasons go to this module's logger; progress
+masks)`` plus ``train.aux_weight * criterion(aux, masks)`` for each aux head
+(``"aux"``, ``"aux2"``, ...), plus the boundary loss for models with a
+``"boundary"`` head. Epoch lines and stop reasons go to this module's logger; progress
 within an epoch to :mod:`semseg.progress`.
 """
 
@@ -24,6 +25,7 @@ from semseg.engine.setup import setup_trainer
 from semseg.engine.state import checkpoint_state, epoch_seed, restore_state, seed_everything, write_metrics_log
 from semseg.engine.trainer import Trainer
 from semseg.errors import SemsegError
+from semseg.losses.boundary import boundary_loss
 from semseg.io import write_text_atomic
 from semseg.metrics import MEAN_KEYS
 from semseg.progress import Progress
@@ -70,8 +72,12 @@ def train_one_epoch(trainer: Trainer, forward: nn.Module) -> dict[str, float]:
         with autocast(trainer.precision, trainer.device):
             outputs = forward(images)
             loss = trainer.criterion(outputs["out"].float(), masks)
-            if "aux" in outputs:  # the auxiliary head's loss, weighted by train.aux_weight
-                loss = loss + cfg.aux_weight * trainer.criterion(outputs["aux"].float(), masks)
+            # deep supervision: every auxiliary head ("aux", "aux2", ...) weighted by train.aux_weight
+            for key in [k for k in outputs if k.startswith("aux")]:
+                loss = loss + cfg.aux_weight * trainer.criterion(outputs[key].float(), masks)
+            if "boundary" in outputs:  # PIDNet's boundary head and boundary-awareness term
+                loss = loss + boundary_loss(outputs["boundary"], outputs["out"], masks, trainer.criterion,
+                                            trainer.cfg.data.ignore_index)
         if not torch.isfinite(loss):
             raise SemsegError(
                 f"the loss became {loss.item()} at epoch {trainer.epoch + 1}, batch {i + 1}: the run stopped. "

@@ -54,7 +54,8 @@ class SegModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _logits(self, x: Tensor, with_aux: bool) -> dict[str, Tensor]:
-        """``x: float[N,3,H,W]`` with H, W multiples of ``size_divisor`` -> ``{"out": [N,C,H,W]}`` (+ ``"aux"``)."""
+        """``x: float[N,3,H,W]`` with H, W multiples of ``size_divisor`` -> ``{"out": [N,C,H,W]}`` (+ the
+        training heads' outputs, see :meth:`forward_aux`)."""
         return {"out": self.net(x)}
 
     def _padded(self, x: Tensor, with_aux: bool) -> dict[str, Tensor]:
@@ -71,7 +72,12 @@ class SegModel(nn.Module):
         return self._padded(x, with_aux=False)["out"]
 
     def forward_aux(self, x: Tensor) -> dict[str, Tensor]:
-        """For training: ``{"out": logits[N,C,H,W], "aux": logits[N,C,H,W]}``; ``"aux"`` only when ``has_aux``."""
+        """For training: ``{"out": logits[N,C,H,W], "aux": logits[N,C,H,W]}``; ``"aux"`` only when ``has_aux``.
+
+        Models with several auxiliary heads add ``"aux2"``, ``"aux3"``, ... (class
+        logits, each trained like ``"aux"``); a boundary head adds ``"boundary":
+        float[N,1,H,W]`` logits (trained with :func:`semseg.losses.boundary.boundary_loss`).
+        """
         return self._padded(x, with_aux=self.has_aux)
 
     # ------------------------------------------------------------------ parts
