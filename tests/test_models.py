@@ -24,6 +24,7 @@ FAST_MODELS = {
     "deeplabv3plus_mobilenet_v2",
     "segformer_b0",
     "fcn8s_mobilenetv3_large_100",
+    "bisenetv2", "ddrnet_23_slim", "pidnet_s", "erfnet",  # semseg's real-time families: several aux heads, a boundary head
 }
 REQUIRED = {
     "fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",

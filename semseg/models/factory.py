@@ -26,7 +26,7 @@ import torch
 from semseg.checkpoint import load_checkpoint
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta, check_num_classes
-from semseg.models import fcn8s, smp_zoo, torchvision_zoo  # noqa: F401  (importing a family registers its builders)
+from semseg.models import fcn8s, realtime, smp_zoo, torchvision_zoo  # noqa: F401  (importing a family registers its builders)
 from semseg.models.base import SegModel
 from semseg.models.norms import convert_norm
 from semseg.models.registry import ModelBuilder, close_names, registered_builder
