@@ -8,13 +8,12 @@ training steps through the trainer's own loss.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from semseg.engine.trainer import _loss, _TrainForward
+from semseg.engine.loop import training_loss
 from semseg.errors import SemsegError
 from semseg.losses import create_loss
 from semseg.models import create_model, list_models
@@ -123,18 +122,16 @@ def _toy_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_few_training_steps_reduce_the_trainers_loss(name):
-    """AdamW on one tiny batch through the trainer's ``_loss`` (aux heads and the boundary loss included)."""
+    """AdamW on one tiny batch through the trainer's ``training_loss`` (aux heads and the boundary loss included)."""
     torch.manual_seed(0)
     model = fresh(name).train()
     criterion = create_loss("ce", NUM_CLASSES, ignore_index=255)
-    trainer = SimpleNamespace(criterion=criterion, cfg=SimpleNamespace(train=SimpleNamespace(aux_weight=0.4),
-                                                                      data=SimpleNamespace(ignore_index=255)))
-    forward = _TrainForward(model, with_aux=model.has_aux)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     images, masks = _toy_batch()
     losses = []
     for _ in range(6):
-        loss = _loss(trainer, forward, images, masks)
+        outputs = model.forward_aux(images) if model.has_aux else {"out": model(images)}
+        loss = training_loss(outputs, masks, criterion, 0.4, 255)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -48,6 +48,20 @@ class _TrainForward(nn.Module):
         return {"out": self.model(images)}
 
 
+def training_loss(outputs: dict[str, torch.Tensor], masks: torch.Tensor, criterion: nn.Module, aux_weight: float,
+                  ignore_index: int) -> torch.Tensor:
+    """The loss of one batch: ``criterion(out, masks)``, plus ``aux_weight * criterion(aux, masks)`` for
+    every auxiliary head (``"aux"``, ``"aux2"``, ...: deep supervision), plus PIDNet's boundary loss
+    when the model has a ``"boundary"`` head. ``outputs`` is what ``forward_aux`` returns.
+    """
+    loss = criterion(outputs["out"].float(), masks)
+    for key in [k for k in outputs if k.startswith("aux")]:
+        loss = loss + aux_weight * criterion(outputs[key].float(), masks)
+    if "boundary" in outputs:
+        loss = loss + boundary_loss(outputs["boundary"], outputs["out"], masks, criterion, ignore_index)
+    return loss
+
+
 def _to_device(trainer: Trainer, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     images = images.to(trainer.device, non_blocking=True)
     if trainer.channels_last:
@@ -70,14 +84,7 @@ def train_one_epoch(trainer: Trainer, forward: nn.Module) -> dict[str, float]:
     for i, (images, masks) in enumerate(loader):
         images, masks = _to_device(trainer, images, masks)
         with autocast(trainer.precision, trainer.device):
-            outputs = forward(images)
-            loss = trainer.criterion(outputs["out"].float(), masks)
-            # deep supervision: every auxiliary head ("aux", "aux2", ...) weighted by train.aux_weight
-            for key in [k for k in outputs if k.startswith("aux")]:
-                loss = loss + cfg.aux_weight * trainer.criterion(outputs[key].float(), masks)
-            if "boundary" in outputs:  # PIDNet's boundary head and boundary-awareness term
-                loss = loss + boundary_loss(outputs["boundary"], outputs["out"], masks, trainer.criterion,
-                                            trainer.cfg.data.ignore_index)
+            loss = training_loss(forward(images), masks, trainer.criterion, cfg.aux_weight, trainer.cfg.data.ignore_index)
         if not torch.isfinite(loss):
             raise SemsegError(
                 f"the loss became {loss.item()} at epoch {trainer.epoch + 1}, batch {i + 1}: the run stopped. "
