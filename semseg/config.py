@@ -112,7 +112,8 @@ class TrainConfig:
     val_every: int = 1
     # stop after this many validations without a better mIoU (0 = never)
     early_stop_patience: int = 0
-    # stop (after a validation, checkpoints written) once this wall-clock budget is spent
+    # wall-clock budget of the whole run: checked after every optimizer step, the lr schedule stretched
+    # over it, time kept for the closing validation and checkpoints (engine/trainer.py, RunClock)
     time_limit_minutes: Optional_float = None  # type: ignore[valid-type]
     # reproducible kernels (slower); resume reproduces a run exactly either way on CPU
     deterministic: bool = False

@@ -20,6 +20,7 @@ from semseg.checkpoint import load_checkpoint, save_checkpoint
 from semseg.cli import main
 from semseg.config import TrainConfig, load_config
 from semseg.engine.optim import build_optimizer, lr_factor
+from semseg.engine.trainer import RunClock
 from semseg.errors import SemsegError
 
 DEMO = Path(__file__).resolve().parents[1] / "semseg" / "assets" / "demo"
@@ -127,7 +128,7 @@ def test_resume_after_sigkill_is_exact(tiny_camvid, tmp_path):
     for key in ("model", "train_model"):
         for name, tensor in a[key].items():
             assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
-    strip = lambda lines: [{k: v for k, v in line.items() if k not in ("elapsed_s", "images_per_s", "train_time_s")} for line in lines]
+    strip = lambda lines: [{k: v for k, v in line.items() if k not in ("elapsed_s", "images_per_s", "train_time_s", "eval_time_s")} for line in lines]
     assert strip(_metrics(whole)) == strip(_metrics(killed))
 
 
@@ -208,10 +209,60 @@ def test_time_budget_stops_after_a_validated_epoch(tiny_camvid, tmp_path, capsys
     run = tmp_path / "run"
     assert _train(run, tiny_camvid, "train.epochs=50", "train.val_every=10", "train.time_limit_minutes=0.001") == 0
     lines = _metrics(run)
-    assert len(lines) == 1 and "miou" in lines[0]  # the final epoch is always validated
+    # the budget is checked after every step: the first step spends it, the epoch is cut short and validated
+    assert len(lines) == 1 and "miou" in lines[0] and lines[0]["batches"] == 1
     assert (run / "best.pt").is_file()
-    assert lines[0]["lr"] == 0.0  # the schedule follows the spent budget, so it ends decayed
-    assert "time budget of 0.001 min: stopping after epoch 1" in capsys.readouterr().out
+    assert lines[0]["lr"] == 0.01  # the lr the one step used
+    assert torch.load(run / "last.pt", weights_only=True)["scheduler"]["_last_lr"][0] == 0.0  # then decayed to its end
+    assert "time budget of 0.001 min spent after batch 1/2 of epoch 1: stopping" in capsys.readouterr().out
+
+
+class _StepClock(RunClock):
+    """A run clock on which every optimizer step takes exactly one second."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fake_s = 0.0
+
+    def elapsed(self) -> float:
+        return self.offset + self.fake_s
+
+    def tick(self) -> float:
+        self.fake_s += 1.0
+        return super().tick()
+
+
+def test_time_budget_is_checked_per_step_and_the_schedule_spans_it(tiny_camvid, tmp_path, monkeypatch, capsys):
+    from semseg.engine import setup
+
+    monkeypatch.setattr(setup, "RunClock", _StepClock)
+    run = tmp_path / "run"
+    # 4 steps an epoch (batch 1), 15 s of budget at 1 s a step: three whole epochs, then 3 steps of the fourth
+    assert _train(run, tiny_camvid, "train.epochs=50", "train.batch_size=1", "train.val_every=100",
+                  "train.time_limit_minutes=0.25", "train.poly_power=1.0") == 0
+    lines = _metrics(run)
+    assert [line["batches"] for line in lines] == [4, 4, 4, 3] and "miou" in lines[-1]
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["step"] == 15
+    # poly over the budget, not over 50 epochs: the lr of step k is 0.01 * (1 - (k - 1) / 15), never 0 while training...
+    for line, step in zip(lines, (4, 8, 12, 15)):
+        assert line["lr"] == pytest.approx(0.01 * (1 - (step - 1) / 15))
+    assert state["scheduler"]["_last_lr"][0] == 0.0  # ...and reaches 0 at the step that spends the budget
+    assert "time budget of 0.25 min spent after batch 3/4 of epoch 4: stopping" in capsys.readouterr().out
+
+
+def test_run_clock_keeps_a_reserve_for_the_final_validation(monkeypatch):
+    from semseg.engine import trainer
+
+    now = [100.0]
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: now[0])
+    clock = RunClock(1.0, already_spent_s=30.0, reserve_s=10.0)  # 60 s budget, 30 s spent before a resume
+    assert clock.tick() == pytest.approx(30 / 50) and not clock.out_of_time
+    now[0] += 20.0
+    assert clock.tick() == pytest.approx(1.0) and clock.out_of_time  # 50 s of training + 10 s reserved = the budget
+    clock.reserve_s = 1000.0  # a reserve never takes more than half the budget
+    assert clock.progress() == pytest.approx(50 / 30)
+    assert RunClock(None).tick() == 0.0 and not RunClock(None).out_of_time
 
 
 def test_lr_schedules():

@@ -67,3 +67,12 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     tensor = torch.tensor([int(flag)], device=device)
     dist.broadcast(tensor, src=0)
     return bool(tensor.item())
+
+
+def broadcast_value(value: float, device: torch.device) -> float:
+    """Rank 0's ``value`` (e.g. the spent share of the time budget) for every rank, so all ranks decide alike."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())

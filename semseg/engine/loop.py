@@ -70,7 +70,11 @@ def _to_device(trainer: Trainer, images: torch.Tensor, masks: torch.Tensor) -> t
 
 
 def train_one_epoch(trainer: Trainer, forward: nn.Module) -> dict[str, float]:
-    """One pass over the training set. Returns mean loss, last lr, images/s."""
+    """One pass over the training set, cut short at the step that spends the time budget.
+
+    Returns ``train_loss`` (mean over the batches run), ``lr`` (the lr of the last
+    optimizer step), ``images_per_s``, ``train_time_s`` and ``batches`` (run of ``len(loader)``).
+    """
     cfg = trainer.cfg.train
     trainer.model.train()
     if trainer.epoch < cfg.freeze_encoder_epochs:
@@ -79,7 +83,8 @@ def train_one_epoch(trainer: Trainer, forward: nn.Module) -> dict[str, float]:
     steps = len(loader)
     bar = Progress(steps, f"epoch {trainer.epoch + 1}/{cfg.epochs}", unit="batch", logger=log, every=cfg.log_every,
                    enabled=trainer.dist.is_main)
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    total_loss, seen, done, start = 0.0, 0, 0, time.perf_counter()
+    lr = trainer.optimizer.param_groups[0]["lr"]
     trainer.optimizer.zero_grad(set_to_none=True)
     for i, (images, masks) in enumerate(loader):
         images, masks = _to_device(trainer, images, masks)
@@ -93,15 +98,18 @@ def train_one_epoch(trainer: Trainer, forward: nn.Module) -> dict[str, float]:
             )
         trainer.scaler.scale(loss / cfg.accumulate).backward()
         if (i + 1) % cfg.accumulate == 0:
+            lr = trainer.optimizer.param_groups[0]["lr"]  # the lr this step uses
             _optimizer_step(trainer)
         total_loss += loss.item()
+        done += 1
         seen += images.shape[0] * trainer.dist.world_size
-        bar.update(1, loss=f"{loss.item():.4f}", lr=f"{trainer.optimizer.param_groups[0]['lr']:.2e}",
-                   img_s=f"{seen / (time.perf_counter() - start):.1f}")
+        bar.update(1, loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
+        if trainer.clock.out_of_time:  # checked after every optimizer step: the run ends within a step of its budget
+            break
     bar.close()
     elapsed = time.perf_counter() - start
-    mean_loss = dist_utils.mean_across_ranks(total_loss / max(1, steps), trainer.device)
-    return {"train_loss": mean_loss, "lr": trainer.optimizer.param_groups[0]["lr"], "images_per_s": seen / elapsed, "train_time_s": elapsed}
+    mean_loss = dist_utils.mean_across_ranks(total_loss / max(1, done), trainer.device)
+    return {"train_loss": mean_loss, "lr": lr, "images_per_s": seen / elapsed, "train_time_s": elapsed, "batches": done}
 
 
 def _optimizer_step(trainer: Trainer) -> None:
@@ -112,6 +120,9 @@ def _optimizer_step(trainer: Trainer) -> None:
     trainer.scaler.step(trainer.optimizer)
     trainer.scaler.update()
     trainer.optimizer.zero_grad(set_to_none=True)
+    if trainer.clock.limit_s is not None:
+        # one sample of the spent budget (rank 0's, under DDP) drives both the schedule and the stop check
+        trainer.clock.spent = dist_utils.broadcast_value(trainer.clock.tick(), trainer.device)
     trainer.scheduler.step()
     trainer.step += 1
     if trainer.ema is not None:
@@ -188,12 +199,13 @@ def fit(cfg: RunConfig, run_dir: str | Path, resume_state: dict | None = None) -
 def _after_epoch(trainer: Trainer, entry: dict[str, Any], writer: Any) -> bool:
     """Validate, log, checkpoint. Returns whether to stop (early stopping, time budget)."""
     cfg = trainer.cfg.train
-    # stop when another epoch of the same length would overrun the time budget
-    out_of_time = not trainer.clock.room_for(entry["train_time_s"] * 1.05)
+    started = time.monotonic()
+    out_of_time = trainer.clock.out_of_time
     last = trainer.epoch == cfg.epochs or out_of_time
-    improved = False
+    improved = validated = False
     if trainer.val_loader is not None and (trainer.epoch % cfg.val_every == 0 or last):
         scores = validate(trainer)
+        validated = True
         entry.update({k: scores[k] for k in MEAN_KEYS})
         entry["per_class_iou"] = {name: v["iou"] for name, v in scores["per_class"].items()}
         improved = scores["miou"] is not None and scores["miou"] > trainer.best_miou
@@ -201,6 +213,7 @@ def _after_epoch(trainer: Trainer, entry: dict[str, Any], writer: Any) -> bool:
             trainer.best_miou, trainer.best_epoch, trainer.stale_validations = scores["miou"], trainer.epoch, 0
         else:
             trainer.stale_validations += 1
+        entry["eval_time_s"] = time.monotonic() - started
     entry["elapsed_s"] = trainer.clock.elapsed()
     trainer.history.append(entry)
     _log_epoch(trainer, entry)
@@ -214,11 +227,15 @@ def _after_epoch(trainer: Trainer, entry: dict[str, Any], writer: Any) -> bool:
             for key, value in entry.items():
                 if isinstance(value, (int, float)) and key != "epoch":
                     writer.add_scalar(key, value, trainer.epoch)
+    if validated or trainer.val_loader is None:
+        # what the closing validation and checkpoints cost: kept out of the training time of the budget
+        trainer.clock.reserve_s = time.monotonic() - started
     if cfg.early_stop_patience and trainer.stale_validations >= cfg.early_stop_patience:
         log.info("early stop: no better val mIoU for %d validations", trainer.stale_validations)
         return True
     if out_of_time and trainer.epoch < cfg.epochs:
-        log.info("time budget of %g min: stopping after epoch %d", cfg.time_limit_minutes, trainer.epoch)
+        log.info("time budget of %g min spent after batch %d/%d of epoch %d: stopping", cfg.time_limit_minutes,
+                 entry["batches"], len(trainer.train_loader), trainer.epoch)
         return True
     return False
 

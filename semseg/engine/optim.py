@@ -47,9 +47,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig, time_progress: float = 0.0) -> float:
     """Multiplier of the base lr at iteration ``step``: linear warmup, then poly / cosine / constant.
 
-    ``time_progress`` (the spent fraction of ``train.time_limit_minutes``) moves the
-    schedule on when the wall-clock budget runs out before the epochs do, so a
-    time-limited run still ends with a decayed learning rate.
+    ``time_progress`` (the spent fraction of the training time of
+    ``train.time_limit_minutes``) stretches the schedule over the budget when the
+    budget runs out before the epochs do: the decay follows whichever of steps
+    and time is further along, and reaches its final value at the step that
+    spends the budget, which is the step the run stops after (``fit``).
     """
     if step < warmup_steps:
         alpha = step / max(1, warmup_steps)
@@ -68,7 +70,10 @@ def build_scheduler(
     steps_per_epoch: int,
     time_progress: Callable[[], float] = lambda: 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepped once per optimizer step (not per epoch)."""
+    """A LambdaLR stepped once per optimizer step (not per epoch).
+
+    ``time_progress`` is read at each step: the run's :class:`RunClock` sample (``clock.spent``).
+    """
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     return torch.optim.lr_scheduler.LambdaLR(

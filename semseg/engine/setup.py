@@ -129,7 +129,9 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
     ema = None
     if cfg.train.ema:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
-    clock = RunClock(cfg.train.time_limit_minutes, resume_state["history"][-1]["elapsed_s"] if resume_state and resume_state.get("history") else 0.0)
+    history = resume_state.get("history", []) if resume_state else []
+    clock = RunClock(cfg.train.time_limit_minutes, history[-1]["elapsed_s"] if history else 0.0,
+                     next((entry["eval_time_s"] for entry in reversed(history) if "eval_time_s" in entry), 0.0))
     trainer = Trainer(
         clock=clock,
         cfg=cfg,
@@ -141,7 +143,7 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
         model=model,
         criterion=criterion,
         optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.train, steps_per_epoch, clock.progress),
+        scheduler=build_scheduler(optimizer, cfg.train, steps_per_epoch, lambda: clock.spent),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         ema=ema,
         train_loader=loader,

@@ -19,21 +19,43 @@ from semseg.engine import distributed as dist_utils
 
 
 class RunClock:
-    """Wall-clock time of a run across resumes, and the spent fraction of its budget."""
+    """Wall-clock time of a run across resumes, and the spent fraction of its time budget.
 
-    def __init__(self, limit_minutes: float | None, already_spent_s: float = 0.0) -> None:
+    The budget (``train.time_limit_minutes``) covers the whole run: training steps
+    and the final validation, reports and checkpoints. Training may use the budget
+    less a ``reserve_s`` kept for that closing work (the measured duration of the
+    latest validated end of epoch; 0 until one was measured). :meth:`tick`, called
+    once per optimizer step, samples the spent fraction of the training time; the
+    lr schedule and the stop check both read that one sample, so the step that
+    stops the run is the step whose schedule reached its final value.
+    """
+
+    def __init__(self, limit_minutes: float | None, already_spent_s: float = 0.0, reserve_s: float = 0.0) -> None:
         self.limit_s = 60 * limit_minutes if limit_minutes else None
         self.offset = already_spent_s
         self.start = time.monotonic()
+        self.reserve_s = reserve_s
+        self.spent = 0.0  # the fraction sampled by the latest tick()
 
     def elapsed(self) -> float:
         return self.offset + time.monotonic() - self.start
 
     def progress(self) -> float:
-        return self.elapsed() / self.limit_s if self.limit_s else 0.0
+        """The spent fraction of the training time (budget less the reserve); 0 without a budget."""
+        if not self.limit_s:
+            return 0.0
+        # never let the reserve eat more than half the budget (a slow first validation on a tiny budget)
+        return self.elapsed() / (self.limit_s - min(self.reserve_s, 0.5 * self.limit_s))
 
-    def room_for(self, seconds: float) -> bool:
-        return self.limit_s is None or self.elapsed() + seconds <= self.limit_s
+    def tick(self) -> float:
+        """Sample :meth:`progress` into ``spent`` (once per optimizer step) and return it."""
+        self.spent = self.progress()
+        return self.spent
+
+    @property
+    def out_of_time(self) -> bool:
+        """Whether the latest tick found the training time spent."""
+        return self.limit_s is not None and self.spent >= 1.0
 
 
 @dataclass
