@@ -83,6 +83,7 @@ def test_train_writes_the_run_folder_and_val_agrees(tiny_camvid, tmp_path, capsy
     assert scores["miou"] == logged["miou"]
     assert scores["pixel_acc"] == logged["pixel_acc"]
     assert "per_class" in scores and "confusion_matrix" in scores
+    assert 0 <= scores["mboundary_iou"] <= 1 and "boundary_iou" in scores["per_class"]["Sky"]  # the val report adds boundary IoU
     assert "Sky" in capsys.readouterr().out  # the per-class table was printed
 
 

@@ -14,6 +14,8 @@ def add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-names", default=None, help="comma-separated class names, in class order")
     p.add_argument("--json", default=None, help="write the scores to this JSON file")
     p.add_argument("--allow-missing", action="store_true", help="skip ground truths that have no prediction")
+    p.add_argument("--boundary", type=float, nargs="?", const=0.02, default=None, metavar="RATIO",
+                   help="also boundary IoU (Cheng et al. 2021): bands of RATIO x the image diagonal (default 0.02)")
     p.set_defaults(handler=_run_score)
 
 
@@ -28,6 +30,7 @@ def _run_score(args: argparse.Namespace) -> int:
         class_names=args.class_names.split(",") if args.class_names else None,
         json_path=args.json,
         allow_missing=args.allow_missing,
+        boundary_ratio=args.boundary,
     )
     print(format_report(scores))
     if args.json is not None:

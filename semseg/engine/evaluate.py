@@ -20,7 +20,7 @@ from semseg.engine.setup import eval_loader
 from semseg.engine.trainer import Trainer
 from semseg.errors import SemsegError
 from semseg.io import encode_image_png, write_bytes_atomic, write_text_atomic
-from semseg.metrics import ConfusionMatrix, report
+from semseg.metrics import BoundaryIoU, ConfusionMatrix, report
 from semseg.models import load_model
 from semseg.reports.viz import panel
 from semseg.runtime.precision import autocast, resolve_device, resolve_precision, use_channels_last
@@ -35,10 +35,14 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
     channels_last: bool = False,
+    boundary: BoundaryIoU | None = None,
 ) -> ConfusionMatrix:
     """Whole-image evaluation into one confusion matrix, summed over DDP ranks.
 
     Training-time validation and ``semseg val`` both call this, so they agree exactly.
+    ``boundary``, when given, accumulates boundary IoU over the same predictions
+    (``semseg val`` does; training-time validation leaves it out, as it costs
+    several times the matrix and mIoU picks the best epoch).
     """
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index)
@@ -48,8 +52,13 @@ def evaluate(
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(precision, device):
             logits = model(images)
-        matrix.update(logits.argmax(1), masks)
+        labels = logits.argmax(1)
+        matrix.update(labels, masks)
+        if boundary is not None:
+            boundary.update(labels, masks)
     matrix.all_reduce()
+    if boundary is not None:
+        boundary.all_reduce()
     return matrix
 
 
@@ -74,7 +83,7 @@ def evaluate_checkpoint(
     save_examples: int = 0,
     out_dir: str | Path | None = None,
 ) -> tuple[dict[str, Any], Path | None]:
-    """``semseg val``: the :func:`report` of a checkpoint on its config's val split (``overrides`` apply).
+    """``semseg val``: the :func:`report` of a checkpoint on its config's val split (``overrides`` apply), with boundary IoU.
 
     Writes the report to ``json_path`` and ``save_examples`` image | truth |
     prediction panels to ``out_dir`` (default: ``examples/`` beside the
@@ -96,9 +105,10 @@ def evaluate_checkpoint(
             f"{checkpoint}: the model predicts {meta.num_classes} classes but the {cfg.data.format} "
             f"dataset at {cfg.data.root} has {dataset.info.num_classes}"
         )
+    boundary = BoundaryIoU(meta.num_classes, cfg.data.ignore_index)
     matrix = evaluate(model, eval_loader(dataset, cfg.data.workers, dist_utils.DistInfo()), meta.num_classes,
-                      cfg.data.ignore_index, device, precision, channels_last)
-    scores = report(matrix, dataset.info.class_names)
+                      cfg.data.ignore_index, device, precision, channels_last, boundary)
+    scores = report(matrix, dataset.info.class_names, boundary)
     if json_path:
         write_text_atomic(json_path, json.dumps(scores, indent=2))
     if not save_examples:

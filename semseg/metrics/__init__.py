@@ -19,8 +19,13 @@ The contract (docs/metrics.md gives it in full, with how peers differ):
 A target value that is neither a class nor the ignore index, or a prediction
 outside 0..C-1, raises :class:`LabelValueError` naming the values and their
 pixel counts: nothing is silently dropped.
+
+Boundary IoU (:class:`BoundaryIoU`, Cheng et al. 2021) needs the label maps
+themselves, not only the matrix: a second accumulator, updated beside the
+matrix over the same images and reported with it.
 """
 
+from semseg.metrics.boundary import BoundaryIoU
 from semseg.metrics.confusion import ConfusionMatrix
 from semseg.metrics.counting import LabelValueError
 from semseg.metrics.folders import pair_label_files, score, score_folders
@@ -28,6 +33,7 @@ from semseg.metrics.report import check_class_names, default_class_names, format
 from semseg.metrics.scores import CLASS_KEYS, MEAN_KEYS, compute_scores
 
 __all__ = [
+    "BoundaryIoU",
     "CLASS_KEYS",
     "ConfusionMatrix",
     "LabelValueError",

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from semseg.errors import SemsegError
 from semseg.io import list_images, read_label_map, write_text_atomic
+from semseg.metrics.boundary import BoundaryIoU
 from semseg.metrics.confusion import ConfusionMatrix
 from semseg.metrics.counting import LabelValueError
 from semseg.metrics.report import check_class_names, report, report_json
@@ -57,11 +58,13 @@ def score_folders(
     num_classes: int,
     ignore_index: int = 255,
     allow_missing: bool = False,
+    boundary: BoundaryIoU | None = None,
 ) -> ConfusionMatrix:
     """Accumulate label PNGs of ``pred_dir`` against those of ``gt_dir``, matched by name stem.
 
     Label maps are read as their values (8/16-bit; palette PNGs as indices).
-    Every bad input raises :class:`SemsegError` naming the file.
+    Every bad input raises :class:`SemsegError` naming the file. ``boundary``,
+    when given, accumulates the same pairs.
     """
     cm = ConfusionMatrix(num_classes, ignore_index)
     for pred_path, gt_path in pair_label_files(pred_dir, gt_dir, allow_missing):
@@ -75,6 +78,8 @@ def score_folders(
             cm.update(pred, gt)
         except LabelValueError as exc:
             raise SemsegError(f"{pred_path if exc.source == 'prediction' else gt_path}: {exc}") from None
+        if boundary is not None:
+            boundary.update(pred, gt)
     return cm
 
 
@@ -86,10 +91,15 @@ def score(
     class_names: Sequence[str] | None = None,
     json_path: str | Path | None = None,
     allow_missing: bool = False,
+    boundary_ratio: float | None = None,
 ) -> dict[str, Any]:
-    """``semseg score``: the :func:`report` of the label PNGs of ``pred_dir`` against ``gt_dir``, also written to ``json_path``."""
+    """``semseg score``: the :func:`report` of the label PNGs of ``pred_dir`` against ``gt_dir``, also written to ``json_path``.
+
+    ``boundary_ratio``: also boundary IoU, with ``d`` this fraction of each image's diagonal (0.02 in the paper).
+    """
     names = check_class_names(class_names, num_classes)  # before reading any file
-    scores = report(score_folders(pred_dir, gt_dir, num_classes, ignore_index, allow_missing), names)
+    boundary = BoundaryIoU(num_classes, ignore_index, boundary_ratio) if boundary_ratio is not None else None
+    scores = report(score_folders(pred_dir, gt_dir, num_classes, ignore_index, allow_missing, boundary), names, boundary)
     if json_path is not None:
         write_text_atomic(json_path, report_json(scores))
     return scores

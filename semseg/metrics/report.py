@@ -7,6 +7,7 @@ import math
 from typing import Any, Sequence
 
 from semseg.errors import SemsegError
+from semseg.metrics.boundary import BoundaryIoU
 from semseg.metrics.confusion import ConfusionMatrix
 from semseg.metrics.scores import CLASS_KEYS, MEAN_KEYS
 
@@ -32,22 +33,30 @@ def check_class_names(class_names: Sequence[str] | None, num_classes: int) -> li
     return names
 
 
-def report(cm: ConfusionMatrix, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def report(cm: ConfusionMatrix, class_names: Sequence[str] | None = None,
+           boundary: BoundaryIoU | None = None) -> dict[str, Any]:
     """The JSON-ready scores of ``cm``: the means, ``num_images``, ``per_class`` and the matrix.
 
     Keys, in order: miou, mean_acc, mdice, pixel_acc, fwiou, num_images,
     per_class ({name: {iou, acc, precision, dice, gt_pixels, pred_pixels}} in
     class order), confusion_matrix (rows = ground truth). NaN becomes None.
+    With ``boundary`` (counted over the same images), ``mboundary_iou`` and
+    ``boundary_dilation_ratio`` follow ``fwiou`` and every class gets ``boundary_iou``.
     """
     names = check_class_names(class_names, cm.num_classes)
     scores = cm.compute()
     result: dict[str, Any] = {key: _json_float(scores[key]) for key in MEAN_KEYS}
+    boundary_scores = boundary.compute() if boundary is not None else None
+    if boundary_scores is not None:
+        result["mboundary_iou"] = _json_float(boundary_scores["mboundary_iou"])
+        result["boundary_dilation_ratio"] = boundary.dilation_ratio
     result["num_images"] = cm.num_images
     result["per_class"] = {
         name: {
             **{key: _json_float(scores[key][c]) for key in CLASS_KEYS},
             "gt_pixels": int(scores["gt_pixels"][c]),
             "pred_pixels": int(scores["pred_pixels"][c]),
+            **({"boundary_iou": _json_float(boundary_scores["boundary_iou"][c])} if boundary_scores is not None else {}),
         }
         for c, name in enumerate(names)
     }
@@ -74,18 +83,24 @@ def _plural(count: int, noun: str) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """A per-class table (percentages, 2 decimals) followed by the means, from a :func:`report` dict."""
     per_class = report["per_class"]
+    keys = CLASS_KEYS + (("boundary_iou",) if "mboundary_iou" in report else ())
+    titles = {"iou": "IoU", "acc": "acc", "precision": "prec", "dice": "dice", "boundary_iou": "bIoU"}
     width = max([len("class"), *(len(name) for name in per_class)])
-    header = f"{'class':<{width}}  {'IoU':>7} {'acc':>7} {'prec':>7} {'dice':>7}  {'GT pixels':>13} {'pred pixels':>13}"
+    columns = " ".join(f"{titles[key]:>7}" for key in keys)
+    header = f"{'class':<{width}}  {columns}  {'GT pixels':>13} {'pred pixels':>13}"
     lines = [header, "-" * len(header)]
     for name, row in per_class.items():
-        scores = " ".join(f"{_percent(row[key]):>7}" for key in CLASS_KEYS)
+        scores = " ".join(f"{_percent(row[key]):>7}" for key in keys)
         lines.append(f"{name:<{width}}  {scores}  {row['gt_pixels']:>13,} {row['pred_pixels']:>13,}")
     lines.append("-" * len(header))
-    if any(row[key] is None for row in per_class.values() for key in CLASS_KEYS):
+    if any(row[key] is None for row in per_class.values() for key in keys):
         lines.append("-: undefined (the class has no ground-truth pixels, or no pixels at all); left out of the means")
+    boundary = ""
+    if "mboundary_iou" in report:
+        boundary = f"mBoundaryIoU {_percent(report['mboundary_iou'])} (d = {report['boundary_dilation_ratio']:g} x diagonal)   "
     lines.append(
         f"mIoU {_percent(report['miou'])}   mean acc {_percent(report['mean_acc'])}   "
         f"mDice {_percent(report['mdice'])}   pixel acc {_percent(report['pixel_acc'])}   "
-        f"fwIoU {_percent(report['fwiou'])}   ({_plural(report['num_images'], 'image')})"
+        f"fwIoU {_percent(report['fwiou'])}   {boundary}({_plural(report['num_images'], 'image')})"
     )
     return "\n".join(lines)
