@@ -17,7 +17,12 @@ Keys (all optional except ``format``, ``model_name`` and ``model``):
 ``rng``             RNG states (python, numpy, torch) for exact resume
 ``config``          the resolved run config as a plain dict
 ``best_miou``       best validation mIoU so far; ``metrics`` the last scores
+``best_scores``     the report (:func:`semseg.metrics.report`) of the best validation
+``class_pixels``    pixels per class of the training set (the report's chart)
 ==================  ==========================================================
+
+A run's ``best.pt`` leaves out what only resuming needs (``train_model``,
+``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``rng``); ``last.pt`` has it all.
 
 Checkpoints are loaded with ``torch.load(weights_only=True)``: a file carrying
 a pickled object is refused, never executed. They are written atomically.

@@ -119,6 +119,10 @@ class TrainConfig:
     deterministic: bool = False
     # where the output is not a terminal (a log file): a progress line every this many batches
     log_every: int = 10
+    # at every validation, write the run folder's figures, gallery, summary.json and report.html (reports/)
+    reports: bool = True
+    # the validation gallery: this many frames spread over the val set and this many worst by IoU (0: none)
+    gallery_frames: int = 4
 
 
 @dataclass
@@ -329,6 +333,8 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
     for key in ("epochs", "batch_size", "accumulate", "val_every", "log_every"):
         if getattr(t, key) < 1:
             raise SemsegError(f"config key 'train.{key}' must be >= 1, got {getattr(t, key)}")
+    if t.gallery_frames < 0:
+        raise SemsegError(f"config key 'train.gallery_frames' must be >= 0, got {t.gallery_frames}")
     if t.lr <= 0:
         raise SemsegError(f"config key 'train.lr' must be > 0, got {t.lr}")
     if not 0 < t.ema_decay < 1:

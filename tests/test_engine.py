@@ -23,34 +23,7 @@ from semseg.engine.optim import build_optimizer, lr_factor
 from semseg.engine.trainer import RunClock
 from semseg.errors import SemsegError
 
-DEMO = Path(__file__).resolve().parents[1] / "semseg" / "assets" / "demo"
-
-# A fast, fully specified run on a tiny CamVid-layout sample (64x80 frames).
-FAST = [
-    "model.name=lraspp_mobilenet_v3_large",
-    "data.format=camvid",
-    "data.crop_size=[48,64]",
-    "data.scale_range=[0.75,1.25]",
-    "data.workers=0",
-    "train.batch_size=2",
-    "train.epochs=3",
-    "train.lr=0.01",
-    "train.precision=fp32",
-    "train.device=cpu",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_camvid(tmp_path_factory) -> Path:
-    """4 train and 2 val frames of the demo sample, downscaled to 80x64."""
-    root = tmp_path_factory.mktemp("camvid")
-    for split, count in (("train", 4), ("val", 2)):
-        for folder, resample in ((split, Image.Resampling.BOX), (split + "annot", Image.Resampling.NEAREST)):
-            (root / folder).mkdir()
-            for path in sorted((DEMO / folder).glob("*.png"))[:count]:
-                with Image.open(path) as img:
-                    img.resize((80, 64), resample).save(root / folder / path.name)
-    return root
+from conftest import FAST  # the tiny_camvid fixture lives in conftest.py
 
 
 def _train(run_dir: Path, root: Path, *extra: str) -> int:

@@ -17,8 +17,7 @@ from semseg.engine.loop import training_loss
 from semseg.errors import SemsegError
 from semseg.losses import create_loss
 from semseg.models import create_model, list_models
-from test_engine import FAST as TRAIN_FAST
-from test_engine import tiny_camvid  # noqa: F401  (a fixture)
+from conftest import FAST as TRAIN_FAST
 from test_export import _export_zoo_model
 from test_models import NUM_CLASSES, fresh
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 from semseg.cli.args import split_overrides
 
@@ -16,19 +18,31 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from semseg.engine.loop import train
+    from semseg.engine.loop import TrainingInterrupted, train
 
-    run_dir = train(config_path=args.config, overrides=split_overrides(args.extra), run_dir=args.run_dir, resume=args.resume)
-    print(f"run folder: {run_dir} (best.pt, last.pt, metrics.jsonl, config.yaml)")
+    try:
+        run_dir = train(config_path=args.config, overrides=split_overrides(args.extra), run_dir=args.run_dir, resume=args.resume)
+    except TrainingInterrupted as stop:
+        if stop.resumable:
+            print(f"semseg: interrupted; continue this run with: semseg train --resume {shlex.quote(str(stop.run_dir))}",
+                  file=sys.stderr)
+        else:
+            print(f"semseg: interrupted before the first epoch ended: {stop.run_dir} holds nothing to resume",
+                  file=sys.stderr)
+        return 130
+    print(f"run folder: {run_dir.resolve()} (report.html, best.pt, last.pt, results.csv, metrics.jsonl, config.yaml)")
     return 0
 
 
 def add_val(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("val", help="evaluate a checkpoint (config overrides follow, e.g. --data.root DIR)")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("val", help="evaluate a checkpoint (config overrides follow, e.g. data.root=DIR)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint to evaluate (default: the embedded default model)")
     p.add_argument("--json", default=None, help="write the scores to this JSON file")
-    p.add_argument("--save-examples", type=int, default=0, metavar="N", help="save N image|truth|prediction panels")
+    p.add_argument("--save-examples", type=int, default=0, metavar="N",
+                   help="save image|truth|prediction|error panels of N frames spread over the split and of the N worst")
     p.add_argument("--out", default=None, help="folder for the example panels (default: beside the checkpoint)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write the report folder (report.html, confusion matrices, per-class charts, gallery) into DIR")
     p.set_defaults(handler=_run_val)
 
 
@@ -42,6 +56,7 @@ def _run_val(args: argparse.Namespace) -> int:
         json_path=args.json,
         save_examples=args.save_examples,
         out_dir=args.out,
+        report_dir=args.report,
     )
     print(format_report(scores))
     if examples is not None:

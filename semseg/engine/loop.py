@@ -10,6 +10,7 @@ within an epoch to :mod:`semseg.progress`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,14 @@ from semseg.config import RunConfig, load_config, to_yaml
 from semseg.engine import distributed as dist_utils
 from semseg.engine.evaluate import validate
 from semseg.engine.setup import setup_trainer
-from semseg.engine.state import checkpoint_state, epoch_seed, restore_state, seed_everything, write_metrics_log
+from semseg.engine.state import best_state, checkpoint_state, epoch_seed, restore_state, seed_everything, write_metrics_log
 from semseg.engine.trainer import Trainer
 from semseg.errors import SemsegError
 from semseg.losses.boundary import boundary_loss
 from semseg.io import write_text_atomic
-from semseg.metrics import MEAN_KEYS
+from semseg.metrics import MEAN_KEYS, format_report
 from semseg.progress import Progress
+from semseg.reports.report import ReportInputs, write_report, write_results_csv
 from semseg.runtime.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -153,19 +155,108 @@ def _log_epoch(trainer: Trainer, entry: dict[str, Any]) -> None:
 def _tensorboard(run_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
+    except ImportError:  # tensorboard is optional: pip install 'semseg[tensorboard]'
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _log_scalars(writer: Any, entry: dict[str, Any], epoch: int) -> None:
+    """TensorBoard tags: train/loss, train/lr, ..., val/miou, ..., val/iou/<class> per class, time/..."""
+    names = {"train_loss": "train/loss", "lr": "train/lr", "images_per_s": "train/images_per_s", "batches": "train/batches",
+             "train_time_s": "time/train_s", "eval_time_s": "time/eval_s", "elapsed_s": "time/elapsed_s"}
+    for key, value in entry.items():
+        if isinstance(value, (int, float)) and key != "epoch":
+            writer.add_scalar(names.get(key, f"val/{key}"), value, epoch)
+    for name, value in (entry.get("per_class_iou") or {}).items():
+        if value is not None:
+            writer.add_scalar(f"val/iou/{name}", value, epoch)
+
+
+def _parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _log_banner(trainer: Trainer, resumed: bool) -> None:
+    """What is about to run, before the first batch: model, device, data, schedule, run folder."""
+    cfg, t = trainer.cfg, trainer.cfg.train
+    val = len(trainer.val_loader.dataset) if trainer.val_loader is not None else 0
+    budget = f" or {t.time_limit_minutes:g} min, whichever ends first" if t.time_limit_minutes else ""
+    memory = ", channels_last" if trainer.channels_last else ""
+    ranks = f", {trainer.dist.world_size} processes (DDP)" if trainer.dist.enabled else ""
+    weights = f" ({t.class_weights} class weights)" if isinstance(t.class_weights, str) else ""
+    lines = [
+        f"model    {cfg.model.name}: {_parameters(trainer.model) / 1e6:.2f} M parameters, {len(trainer.class_names)} classes "
+        f"({', '.join(trainer.class_names[:6])}{', ...' if len(trainer.class_names) > 6 else ''})",
+        f"device   {trainer.device}, {trainer.precision}{memory}{ranks}",
+        f"data     {cfg.data.format} at {Path(cfg.data.root).resolve()}: {len(trainer.train_loader.dataset)} train images "
+        f"({cfg.data.train_split}; {len(trainer.train_loader)} batches of {t.batch_size}), "
+        + (f"{val} val images ({cfg.data.val_split})" if val else "no val split"),
+        f"schedule {t.epochs} epochs{budget}; {t.optimizer} lr {t.lr:g} {t.schedule}, loss {t.loss}{weights}",
+    ]
+    if resumed:
+        lines.append(f"resuming after epoch {trainer.epoch} (step {trainer.step})")
+    for line in lines:
+        log.info(line)
+
+
+def _stop_reason(trainer: Trainer) -> str:
+    cfg = trainer.cfg.train
+    if trainer.epoch >= cfg.epochs:
+        return "finished"
+    if cfg.early_stop_patience and trainer.stale_validations >= cfg.early_stop_patience:
+        return f"early stop (no better val mIoU for {trainer.stale_validations} validations)"
+    if trainer.clock.out_of_time:
+        return f"time budget of {cfg.time_limit_minutes:g} min spent"
+    return "running"
+
+
+def _report_inputs(trainer: Trainer, status: str, scores: dict[str, Any] | None, picture: Any) -> ReportInputs:
+    cfg = trainer.cfg
+    meta = trainer.model.pretrained_cfg
+    facts = {
+        "status": status,
+        "run_dir": str(trainer.run_dir.resolve()),
+        "model": cfg.model.name,
+        "parameters": _parameters(trainer.model),
+        "data": f"{cfg.data.format} at {Path(cfg.data.root).resolve()}",
+        "train_images": len(trainer.train_loader.dataset),
+        "val_images": len(trainer.val_loader.dataset) if trainer.val_loader is not None else 0,
+        "device": f"{trainer.device}, {trainer.precision}",
+        "epochs": f"{trainer.epoch} of {cfg.train.epochs}",
+        "best_epoch": trainer.best_epoch if trainer.best_epoch > 0 else None,
+        "best_miou": trainer.best_miou if trainer.best_epoch > 0 else None,
+        "elapsed_min": round(trainer.clock.elapsed() / 60, 2),
+    }
+    pixels = {"train (audit)": trainer.class_pixels} if trainer.class_pixels else {}
+    return ReportInputs(f"{cfg.name}: {cfg.model.name} on {cfg.data.format}", trainer.class_names,
+                        [list(c) for c in meta.palette], scores, trainer.history, pixels, picture, facts,
+                        f"validation after epoch {trainer.epoch}")
+
+
+def _write_reports(trainer: Trainer, status: str, scores: dict[str, Any] | None, picture: Any) -> None:
+    """The run folder's report (rank 0). A failure is logged, never allowed to end the run."""
+    started = time.perf_counter()
+    try:
+        if scores is None:
+            write_results_csv(trainer.run_dir / "results.csv", trainer.history, trainer.class_names)
+        else:
+            write_report(trainer.run_dir, _report_inputs(trainer, status, scores, picture))
+    except Exception as exc:  # noqa: BLE001 - a figure that fails must not cost the user the run
+        log.warning("could not write the run report into %s: %s: %s", trainer.run_dir, type(exc).__name__, exc)
+    log.debug("reports written in %.2f s", time.perf_counter() - started)
 
 
 def fit(cfg: RunConfig, run_dir: str | Path, resume_state: dict | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into ``run_dir``; returns the last epoch's log entry."""
     run_dir = Path(run_dir)
+    if os.environ.get("RANK", "0") == "0":  # named before the setup's slow parts (class statistics)
+        log.info("run folder %s", run_dir.resolve())
     trainer = setup_trainer(cfg, run_dir, resume_state)
     if resume_state is not None:
         restore_state(trainer, resume_state)
     is_main = trainer.dist.is_main
     if is_main:
+        _log_banner(trainer, resume_state is not None)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         write_metrics_log(trainer)  # on resume: drop lines of epochs after the checkpoint
@@ -193,24 +284,36 @@ def fit(cfg: RunConfig, run_dir: str | Path, resume_state: dict | None = None) -
         if writer is not None:
             writer.close()
         dist_utils.shutdown_distributed()
+    if is_main:
+        _log_final(trainer)
     return entry
 
 
+def _log_final(trainer: Trainer) -> None:
+    """The per-class table of best.pt's validation, and where the report is."""
+    if trainer.best_scores is not None:
+        log.info("per-class scores of best.pt (epoch %d, %s):\n%s", trainer.best_epoch,
+                 f"{trainer.cfg.data.val_split} split", format_report(trainer.best_scores))
+    if (trainer.run_dir / "report.html").is_file():
+        log.info("report: %s", (trainer.run_dir / "report.html").resolve())
+
+
 def _after_epoch(trainer: Trainer, entry: dict[str, Any], writer: Any) -> bool:
-    """Validate, log, checkpoint. Returns whether to stop (early stopping, time budget)."""
+    """Validate, log, checkpoint, report. Returns whether to stop (early stopping, time budget)."""
     cfg = trainer.cfg.train
     started = time.monotonic()
     out_of_time = trainer.clock.out_of_time
     last = trainer.epoch == cfg.epochs or out_of_time
-    improved = validated = False
+    improved = False
+    scores = picture = None
     if trainer.val_loader is not None and (trainer.epoch % cfg.val_every == 0 or last):
-        scores = validate(trainer)
-        validated = True
+        scores, picture = validate(trainer, cfg.gallery_frames if cfg.reports else 0)
         entry.update({k: scores[k] for k in MEAN_KEYS})
         entry["per_class_iou"] = {name: v["iou"] for name, v in scores["per_class"].items()}
         improved = scores["miou"] is not None and scores["miou"] > trainer.best_miou
         if improved:
             trainer.best_miou, trainer.best_epoch, trainer.stale_validations = scores["miou"], trainer.epoch, 0
+            trainer.best_scores = scores
         else:
             trainer.stale_validations += 1
         entry["eval_time_s"] = time.monotonic() - started
@@ -221,14 +324,14 @@ def _after_epoch(trainer: Trainer, entry: dict[str, Any], writer: Any) -> bool:
         write_metrics_log(trainer)
         state = checkpoint_state(trainer)
         if improved or trainer.val_loader is None:
-            save_checkpoint(state, trainer.run_dir / "best.pt")
+            save_checkpoint(best_state(state), trainer.run_dir / "best.pt")  # weights and scores; resume uses last.pt
         save_checkpoint(state, trainer.run_dir / "last.pt")
+        if cfg.reports:
+            _write_reports(trainer, _stop_reason(trainer), scores, picture)
         if writer is not None:
-            for key, value in entry.items():
-                if isinstance(value, (int, float)) and key != "epoch":
-                    writer.add_scalar(key, value, trainer.epoch)
-    if validated or trainer.val_loader is None:
-        # what the closing validation and checkpoints cost: kept out of the training time of the budget
+            _log_scalars(writer, entry, trainer.epoch)
+    if scores is not None or trainer.val_loader is None:
+        # what the closing validation, checkpoints and reports cost: kept out of the training time of the budget
         trainer.clock.reserve_s = time.monotonic() - started
     if cfg.early_stop_patience and trainer.stale_validations >= cfg.early_stop_patience:
         log.info("early stop: no better val mIoU for %d validations", trainer.stale_validations)
@@ -244,22 +347,33 @@ def _default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``semseg train``: ``run_dir`` (absolute) and whether it holds a ``last.pt`` to resume from."""
+
+    def __init__(self, run_dir: Path, resumable: bool) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir, self.resumable = run_dir, resumable
+
+
 def train(
     config_path: str | Path | None, overrides: list[str], run_dir: str | Path | None = None, resume: str | Path | None = None
 ) -> Path:
     """``semseg train``: a new run (config file, then ``key=value`` overrides), or ``resume`` the run in that folder.
 
-    Returns the run folder.
+    Returns the run folder. Ctrl-C raises :class:`TrainingInterrupted` naming the folder to ``--resume``.
     """
     if resume:
         run_path = Path(resume)
         state = load_checkpoint(run_path / "last.pt")
         cfg = load_config(config_path, overrides, base=state["config"])
-        fit(cfg, run_path, resume_state=state)
     else:
         cfg = load_config(config_path, overrides)
         run_path = Path(run_dir) if run_dir else _default_run_dir(cfg)
         if (run_path / "last.pt").exists():
             raise SemsegError(f"{run_path} already holds a run (last.pt); continue it with --resume {run_path} or pick another --run-dir")
-        fit(cfg, run_path)
+        state = None
+    try:
+        fit(cfg, run_path, resume_state=state)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run_path.resolve(), (run_path / "last.pt").is_file()) from None
     return run_path

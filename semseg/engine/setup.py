@@ -44,12 +44,13 @@ def build_model(cfg: RunConfig, num_classes: int, class_names: list[str], palett
     return model
 
 
-def resolve_class_weights(cfg: RunConfig, train_set: Any) -> list[float] | None:
-    """``train.class_weights``: None, a list, or computed from the training set's pixel counts."""
+def resolve_class_weights(cfg: RunConfig, train_set: Any, stats: dict[str, Any] | None = None) -> list[float] | None:
+    """``train.class_weights``: None, a list, or computed from the training set's pixel counts (``stats``
+    when already counted, else :func:`class_statistics`)."""
     spec = cfg.train.class_weights
     if spec is None or isinstance(spec, list):
         return spec
-    stats = class_statistics(train_set, workers=cfg.data.workers)
+    stats = stats or class_statistics(train_set, workers=cfg.data.workers)
     return [float(w) for w in class_weights(spec, stats["class_pixels"], stats["present_pixels"])]
 
 
@@ -114,10 +115,19 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    if resume_state is not None and "class_weights" in resume_state:
+    resume_state = resume_state or {}
+    # the training set's class counts: for computed class weights, and for the report's chart (rank 0);
+    # counted once at the start of a run and kept in its checkpoints
+    class_pixels = resume_state.get("class_pixels")
+    stats = None
+    weights_needed = isinstance(cfg.train.class_weights, str) and "class_weights" not in resume_state
+    if weights_needed or (class_pixels is None and cfg.train.reports and dist.is_main):
+        stats = class_statistics(train_set, workers=cfg.data.workers)
+        class_pixels = [int(n) for n in stats["class_pixels"]]
+    if "class_weights" in resume_state:
         weights = resume_state["class_weights"]  # computed once, at the start of the run
     else:
-        weights = resolve_class_weights(cfg, train_set)
+        weights = resolve_class_weights(cfg, train_set, stats)
     criterion = create_loss(
         cfg.train.loss, info.num_classes, ignore_index=cfg.data.ignore_index, class_weights=weights, **cfg.train.loss_kwargs
     ).to(device)
@@ -129,7 +139,7 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
     ema = None
     if cfg.train.ema:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
-    history = resume_state.get("history", []) if resume_state else []
+    history = resume_state.get("history", [])
     clock = RunClock(cfg.train.time_limit_minutes, history[-1]["elapsed_s"] if history else 0.0,
                      next((entry["eval_time_s"] for entry in reversed(history) if "eval_time_s" in entry), 0.0))
     trainer = Trainer(
@@ -150,5 +160,6 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
         val_loader=eval_loader(val_set, cfg.data.workers, dist) if val_set is not None else None,
         class_names=info.class_names,
         class_weights=weights,
+        class_pixels=class_pixels,
     )
     return trainer

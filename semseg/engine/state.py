@@ -78,11 +78,22 @@ def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
         "class_weights": trainer.class_weights,
         "history": trainer.history,
         "metrics": trainer.history[-1] if trainer.history else {},
+        "best_scores": trainer.best_scores,
+        "class_pixels": trainer.class_pixels,
     }
     if trainer.ema is not None:
         state["train_model"] = model.state_dict()
         state["ema"] = trainer.ema.state_dict()
     return state
+
+
+# what only resuming needs: best.pt leaves it out (a third of the size for Adam-type optimizers)
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "ema", "train_model", "rng")
+
+
+def best_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without the resume-only entries: what ``best.pt`` holds (weights, metadata, config, scores)."""
+    return {key: value for key, value in state.items() if key not in RESUME_KEYS}
 
 
 def restore_state(trainer: Trainer, state: dict[str, Any]) -> None:
@@ -98,6 +109,7 @@ def restore_state(trainer: Trainer, state: dict[str, Any]) -> None:
     trainer.best_miou, trainer.best_epoch = state["best_miou"], state["best_epoch"]
     trainer.stale_validations = state.get("stale_validations", 0)
     trainer.history = list(state.get("history", []))
+    trainer.best_scores = state.get("best_scores")
     set_rng_state(state["rng"])
 
 

@@ -84,6 +84,10 @@ class Trainer:
     best_epoch: int = -1
     stale_validations: int = 0
     history: list[dict] = field(default_factory=list)
+    # the report of the best validation (printed at the end, kept in the checkpoints)
+    best_scores: dict | None = None
+    # pixels per class of the training set (the data audit's counts; for the report's chart)
+    class_pixels: list[int] | None = None
     clock: "RunClock" = field(default_factory=lambda: RunClock(None))
 
     @property
