@@ -270,10 +270,38 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return values
 
 
+# the configs installed with the package (semseg/configs: in a clone, a link to the top-level configs/ folder)
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_configs() -> dict[str, str]:
+    """The bundled configs by name (``camvid`` for ``configs/camvid.yaml``), each with the first line of its
+    opening comment (what it is)."""
+    found = {}
+    for path in sorted(BUNDLED_CONFIGS.glob("*.yaml")):
+        first = next((line for line in path.read_text().splitlines() if line.strip()), "")
+        about = first.lstrip("#").strip() if first.startswith("#") else ""
+        found[path.stem] = about.split(": semseg train")[0]  # the usage line some carry is the same for all
+    return found
+
+
+def config_path(name: str | os.PathLike) -> Path:
+    """A config file's path: ``name`` itself when it is a file, else the bundled config of that name
+    (``camvid`` or ``camvid.yaml``). A name that is neither lists the bundled ones."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and path.suffix in ("", ".yaml", ".yml"):
+        bundled = BUNDLED_CONFIGS / f"{path.stem}.yaml"
+        if bundled.is_file():
+            return bundled
+    known = ", ".join(bundled_configs()) or "none"
+    raise SemsegError(f"{name}: config file not found (bundled configs, usable by name: {known}; `semseg configs` lists them)")
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise SemsegError(f"{path}: config file not found")
+    """The mapping in the YAML file ``path`` (a file, or a bundled config's name: :func:`config_path`)."""
+    path = config_path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from semseg.config import RunConfig, load_config, parse_overrides, to_yaml, valid_keys, validate
@@ -106,3 +108,33 @@ def test_defaults_validate_and_required_keys_exist():
     for key in ("model.name", "model.pretrained", "data.format", "data.root", "data.crop_size",
                 "train.epochs", "train.batch_size", "train.seed"):
         assert key in keys
+
+
+def test_bundled_configs_by_name(tmp_path, capsys):
+    from semseg.cli import main
+    from semseg.config import BUNDLED_CONFIGS, bundled_configs, config_path
+
+    top = Path(__file__).resolve().parents[1] / "configs"
+    # installed with the package (package data), and the same files as the clone's configs/ folder
+    assert sorted(p.name for p in BUNDLED_CONFIGS.glob("*.yaml")) == sorted(p.name for p in top.glob("*.yaml"))
+    assert BUNDLED_CONFIGS.parent.name == "semseg"
+    assert config_path("camvid") == config_path("camvid.yaml") == BUNDLED_CONFIGS / "camvid.yaml"
+    by_name = load_config("camvid")
+    assert by_name == load_config(top / "camvid.yaml") and by_name.data.format == "camvid"
+    assert "CamVid" in bundled_configs()["camvid"]
+    local = tmp_path / "camvid.yaml"  # a file of that name in the working folder wins over the bundled one
+    local.write_text("name: mine\n")
+    assert load_config(local).name == "mine"
+
+    assert main(["configs"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in ("camvid", "camvid_baseline", "cityscapes", "voc", "ade20k"))
+    assert main(["configs", "voc"]) == 0 and "name: voc" in capsys.readouterr().out
+    assert main(["train", "--config", "camvdi"]) == 2
+    err = capsys.readouterr().err
+    assert "camvdi: config file not found" in err and "camvid_baseline" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pyproject_ships_the_bundled_configs():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"configs/*.yaml"' in text  # package data: semseg/configs (a link to configs/) goes into the wheel

@@ -193,3 +193,33 @@ def test_score_folders_raises_semseg_errors_for_library_callers(tmp_path):
     write_label_png(tmp_path / "pred" / "a.png", np.zeros((2, 2), np.uint8))
     with pytest.raises(SemsegError, match=r"a.png: target has values .*: 7 \(4 pixels\)"):
         score_folders(tmp_path / "pred", tmp_path / "gt", num_classes=3)
+
+
+def test_score_with_a_format_names_the_classes_and_writes_a_report(camvid_folders, tmp_path, capsys):
+    pred_dir, gt_dir = camvid_folders
+    plain = tmp_path / "plain.json"
+    assert main(["score", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "11", "--ignore-index", "11",
+                 "--json", str(plain)]) == 0
+    named = tmp_path / "named.json"
+    folder = tmp_path / "report"
+    capsys.readouterr()
+    # --format camvid: CamVid's names, palette, 11 classes and its void value 11 ignored
+    assert main(["score", "--pred", str(pred_dir), "--gt", str(gt_dir), "--format", "camvid", "--json", str(named),
+                 "--report", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "Sky" in out and "class_0" not in out and str((folder / "report.html").resolve()) in out
+    a, b = json.loads(plain.read_text()), json.loads(named.read_text())
+    assert list(b["per_class"])[:3] == ["Sky", "Building", "Pole"]
+    assert list(a["per_class"].values()) == list(b["per_class"].values()) and a["miou"] == b["miou"]
+    assert {"confusion_matrix.png", "confusion_matrix_normalized.png", "class_iou.png", "class_pixels.png", "summary.json",
+            "report.html"} == {p.name for p in folder.iterdir()}
+    assert json.loads((folder / "summary.json").read_text())["scores"] == b
+    assert "Bicyclist" in (folder / "report.html").read_text()
+
+
+def test_score_class_count_errors(camvid_folders, capsys):
+    pred_dir, gt_dir = camvid_folders
+    assert main(["score", "--pred", str(pred_dir), "--gt", str(gt_dir)]) == 2
+    assert "needs --num-classes N, or --format NAME" in capsys.readouterr().err
+    assert main(["score", "--pred", str(pred_dir), "--gt", str(gt_dir), "--format", "camvid", "--num-classes", "12"]) == 2
+    assert "--num-classes 12 disagrees with --format camvid (11 classes)" in capsys.readouterr().err

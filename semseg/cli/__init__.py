@@ -14,6 +14,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from semseg.cli.configs import add_configs
 from semseg.cli.console import setup_logging
 from semseg.cli.data import add_data
 from semseg.cli.export import add_export
@@ -23,7 +24,7 @@ from semseg.cli.train import add_demo, add_train, add_val
 from semseg.errors import SemsegError
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_train, add_val, add_predict, add_score, add_data, add_export, add_demo,
+    add_train, add_val, add_predict, add_score, add_data, add_export, add_demo, add_configs,
 ]
 ACCEPTS_OVERRIDES = {"train", "val"}
 

@@ -11,7 +11,7 @@ from semseg.cli.args import split_overrides
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a config (key=value overrides follow)")
-    p.add_argument("--config", default=None, help="YAML config file")
+    p.add_argument("--config", default=None, help="YAML config file, or a bundled config's name (semseg configs)")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<name>-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
     p.set_defaults(handler=_run_train)
