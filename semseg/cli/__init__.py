@@ -14,6 +14,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from semseg.cli.app import add_app
 from semseg.cli.configs import add_configs
 from semseg.cli.console import setup_logging
 from semseg.cli.data import add_data
@@ -24,7 +25,7 @@ from semseg.cli.train import add_demo, add_train, add_val
 from semseg.errors import SemsegError
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_train, add_val, add_predict, add_score, add_data, add_export, add_demo, add_configs,
+    add_train, add_val, add_predict, add_score, add_data, add_export, add_demo, add_configs, add_app,
 ]
 ACCEPTS_OVERRIDES = {"train", "val"}
 
