@@ -98,8 +98,9 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.999
     freeze_encoder_epochs: int = 0
-    # a create_loss spec: "ce", "ce+dice", "0.5*focal+lovasz", ...
-    loss: str = "ce"
+    # a create_loss spec: "ce", "ce+dice", "0.5*focal+lovasz", ...; auto: the model's own loss
+    # (the set-prediction loss of mask-classification models such as Mask2Former, else ce)
+    loss: str = "auto"
     loss_kwargs: dict = field(default_factory=dict)
     # None, "median_freq", "enet" or a list of per-class weights
     class_weights: Union[None, str, list] = None

@@ -54,8 +54,12 @@ def training_loss(outputs: dict[str, torch.Tensor], masks: torch.Tensor, criteri
                   ignore_index: int) -> torch.Tensor:
     """The loss of one batch: ``criterion(out, masks)``, plus ``aux_weight * criterion(aux, masks)`` for
     every auxiliary head (``"aux"``, ``"aux2"``, ...: deep supervision), plus PIDNet's boundary loss
-    when the model has a ``"boundary"`` head. ``outputs`` is what ``forward_aux`` returns.
+    when the model has a ``"boundary"`` head. ``outputs`` is what ``forward_aux`` returns. For a
+    mask-classification model (Mask2Former: ``"class_queries"`` among the outputs) ``criterion`` is
+    its set-prediction loss, and takes the outputs whole.
     """
+    if "class_queries" in outputs:  # a mask-classification model: its set-prediction loss takes the queries
+        return criterion(outputs, masks)
     loss = criterion(outputs["out"].float(), masks)
     for key in [k for k in outputs if k.startswith("aux")]:
         loss = loss + aux_weight * criterion(outputs[key].float(), masks)
@@ -133,7 +137,9 @@ def _optimizer_step(trainer: Trainer) -> None:
 
 def _ddp_forward(trainer: Trainer) -> nn.Module:
     """The module the loop calls; wrapped in DDP under torchrun (rebuilt when freezing changes)."""
-    with_aux = bool(getattr(trainer.model, "has_aux", False)) and trainer.cfg.train.aux_weight > 0
+    # set-prediction models train on their queries, which only forward_aux returns
+    with_aux = bool(getattr(trainer.model, "has_aux", False)) and (
+        trainer.cfg.train.aux_weight > 0 or getattr(trainer.model, "set_prediction", False))
     forward = _TrainForward(trainer.model, with_aux)
     if not trainer.dist.enabled:
         return forward

@@ -19,6 +19,7 @@ from semseg.engine.state import seed_everything, worker_init
 from semseg.engine.trainer import RunClock, Trainer
 from semseg.errors import SemsegError
 from semseg.losses import class_weights, create_loss
+from semseg.losses.mask_classification import MaskClassificationLoss
 from semseg.models import convert_norm, create_model
 from semseg.runtime.precision import resolve_device, resolve_precision, use_channels_last
 
@@ -42,6 +43,26 @@ def build_model(cfg: RunConfig, num_classes: int, class_names: list[str], palett
     if cfg.model.norm == "gn":
         model = convert_norm(model, "gn")
     return model
+
+
+def build_criterion(cfg: RunConfig, model: nn.Module, num_classes: int, weights: list[float] | None) -> nn.Module:
+    """``train.loss`` for ``model``: a :func:`create_loss` spec, or (``auto``) the model's own loss.
+
+    A mask-classification model (``model.set_prediction``: Mask2Former) predicts class and
+    mask queries, not per-pixel logits, and trains with its set-prediction loss only;
+    ``train.loss_kwargs`` then set that loss's weights and point counts.
+    """
+    spec = cfg.train.loss
+    if getattr(model, "set_prediction", False):
+        if spec != "auto":
+            raise SemsegError(
+                f"config key 'train.loss' is {spec!r}, but model {cfg.model.name!r} predicts class and mask queries "
+                "and trains with its set-prediction loss: set train.loss=auto (its weights go in train.loss_kwargs)"
+            )
+        settings = {**model.set_loss_settings(), **cfg.train.loss_kwargs}
+        return MaskClassificationLoss(num_classes, cfg.data.ignore_index, model.size_divisor, weights, **settings)
+    return create_loss("ce" if spec == "auto" else spec, num_classes, ignore_index=cfg.data.ignore_index,
+                       class_weights=weights, **cfg.train.loss_kwargs)
 
 
 def resolve_class_weights(cfg: RunConfig, train_set: Any, stats: dict[str, Any] | None = None) -> list[float] | None:
@@ -128,9 +149,7 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
         weights = resume_state["class_weights"]  # computed once, at the start of the run
     else:
         weights = resolve_class_weights(cfg, train_set, stats)
-    criterion = create_loss(
-        cfg.train.loss, info.num_classes, ignore_index=cfg.data.ignore_index, class_weights=weights, **cfg.train.loss_kwargs
-    ).to(device)
+    criterion = build_criterion(cfg, model, info.num_classes, weights).to(device)
     loader = train_loader(train_set, cfg, dist, pin=device.type == "cuda")
     steps_per_epoch = len(loader) // cfg.train.accumulate
     if steps_per_epoch < 1:

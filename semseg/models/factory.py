@@ -26,7 +26,7 @@ import torch
 from semseg.checkpoint import load_checkpoint
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta, check_num_classes
-from semseg.models import fcn8s, realtime, smp_zoo, torchvision_zoo  # noqa: F401  (importing a family registers its builders)
+from semseg.models import fcn8s, realtime, smp_zoo, torchvision_zoo, transformers_zoo  # noqa: F401  (importing a family registers its builders)
 from semseg.models.base import SegModel
 from semseg.models.norms import convert_norm
 from semseg.models.registry import ModelBuilder, close_names, registered_builder
@@ -48,13 +48,16 @@ def get_builder(name: str) -> ModelBuilder:
     builder = registered_builder(name)
     if builder is not None:
         return builder
+    if name.startswith("hf:") and len(name) > 3:
+        return transformers_zoo.hf_builder(name[3:], name)
     if ":" in name:
         return _pairing_builder(name)
     close = close_names(name)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise SemsegError(
         f"unknown model {name!r}.{hint} semseg.list_models() lists the names; any "
-        "segmentation_models_pytorch pairing is written 'ARCH:ENCODER' (e.g. 'unet:resnet18', 'fpn:tu-convnext_tiny')"
+        "segmentation_models_pytorch pairing is written 'ARCH:ENCODER' (e.g. 'unet:resnet18', 'fpn:tu-convnext_tiny'), "
+        "a transformers checkpoint 'hf:FOLDER' (or 'hf:ORG/REPO' online)"
     )
 
 
@@ -95,9 +98,12 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     """Build zoo model ``name`` with ``num_classes`` output channels.
 
     ``pretrained``: False (random init), True (the library's published weights:
-    torchvision's COCO-VOC models, the ImageNet encoder for smp and fcn8s models;
-    downloads when not cached, fails within seconds offline), or the path of a
-    weights file (a semseg checkpoint or a state dict, see :func:`load_weights`).
+    torchvision's COCO-VOC models, the ImageNet encoder for smp and fcn8s models,
+    Mask2Former's ADE20K weights; downloads when not cached, fails within seconds
+    offline), or the path of a weights file (a semseg checkpoint or a state dict,
+    see :func:`load_weights`) or, for transformers models, of a ``from_pretrained`` folder.
+    ``"hf:FOLDER"`` (or ``"hf:ORG/REPO"``) names a transformers checkpoint: its
+    architecture and weights (the heads re-initialized where ``num_classes`` differs).
     ``norm="gn"`` turns BatchNorm into GroupNorm (``"syncbn"``: SyncBatchNorm).
     Other ``kwargs`` go to the builder (plain values only, so checkpoints can rebuild the model).
     """
@@ -117,7 +123,8 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
             )
     model = builder(num_classes=num_classes, pretrained=pretrained is True, **kwargs)
     model.model_name = name
-    model.model_kwargs = {k: v for k, v in kwargs.items() if k not in WEIGHT_SOURCE_KWARGS}
+    # a builder may record kwargs of its own (the published config it was built from)
+    model.model_kwargs = {**model.model_kwargs, **{k: v for k, v in kwargs.items() if k not in WEIGHT_SOURCE_KWARGS}}
     if norm != "bn":
         model = convert_norm(model, norm)
     if not isinstance(pretrained, bool):
@@ -165,6 +172,11 @@ def load_torch_model(
         raise SemsegError("give either --checkpoint FILE or --model NAME --weights FILE, not both")
     if model_name is None:
         return load_model(checkpoint if checkpoint is not None else default_model_path())
+    if model_name.startswith("hf:"):  # a transformers checkpoint holds its weights and its class count
+        if weights is not None or num_classes is not None:
+            raise SemsegError(f"--model {model_name} loads the checkpoint's own weights and classes; "
+                              "leave out --weights and --num-classes")
+        return create_model(model_name, transformers_zoo.hf_num_labels(model_name[3:])).eval()
     if weights is None or num_classes is None:
         raise SemsegError(f"--model {model_name} needs --weights FILE (a state dict) and --num-classes N")
     check_num_classes(num_classes, "--num-classes")

@@ -12,9 +12,11 @@ unexpected and mis-shaped entries, not torch's traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -25,6 +27,8 @@ from semseg.meta import ModelMeta
 from semseg.models.base import SegModel, is_encoder_key
 
 MAX_LISTED = 6  # keys named per kind of problem; the count says how many more
+# the weights a transformers from_pretrained folder may hold
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 @dataclass
@@ -126,12 +130,17 @@ def load_weights(model: SegModel, path: str | os.PathLike, strict: bool = True) 
 
     ``path``: a semseg checkpoint, or a state dict of the whole model (semseg's,
     or the library's own: torchvision's published files, with or without the
-    aux head). Weights for another class count load all but the last layers,
+    aux head), or for a transformers model (Mask2Former) a ``from_pretrained``
+    folder. Weights for another class count load all but the last layers,
     with a warning. A checkpoint's class names, palette, mean and std come
     along when its class count is the model's. ``strict=False`` loads what
     fits and warns about the rest.
     """
     path = str(path)
+    if os.path.isdir(path):  # a transformers from_pretrained folder
+        load_state(model, load_hf_state(model, path), source=path, strict=strict)
+        model.pretrained_cfg = replace(hf_meta(path, model.pretrained_cfg), source=path)
+        return model
     state, from_model, meta = _unpack(load_file(path), path)
     load_state(model, state, source=path, strict=strict, from_model=from_model)
     cfg = model.pretrained_cfg
@@ -139,3 +148,56 @@ def load_weights(model: SegModel, path: str | os.PathLike, strict: bool = True) 
         cfg = ModelMeta.from_dict(meta)
     model.pretrained_cfg = replace(cfg, source=path)
     return model
+
+
+# ------------------------------------------------------------------ transformers from_pretrained folders
+def check_pretrained_folder(path: str | os.PathLike) -> Path:
+    """``path`` if it is a ``from_pretrained`` folder (config.json and weights), else a SemsegError saying what is missing."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SemsegError(f"{folder}: no such folder")
+    if not (folder / "config.json").is_file():
+        raise SemsegError(f"{folder}: not a transformers from_pretrained folder (it has no config.json)")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise SemsegError(f"{folder}: holds a config.json but no weights ({', '.join(WEIGHT_FILES)})")
+    return folder
+
+
+def load_hf_state(model: SegModel, folder: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict of the transformers model saved in ``folder``, for loading into zoo model ``model``.
+
+    The folder's model is built by transformers itself (so its own key renames and
+    sharded files apply) and must be the architecture of ``model.net``.
+    """
+    folder = check_pretrained_folder(folder)
+    try:
+        import transformers
+    except ImportError:
+        raise SemsegError(f"{folder}: loading a from_pretrained folder needs transformers: "
+                          "pip install 'semseg[transformers]'") from None
+    net = getattr(model, "net", None)
+    if net is None or not isinstance(net, transformers.PreTrainedModel):
+        raise SemsegError(f"{folder}: a transformers from_pretrained folder loads into transformers models only "
+                          f"(mask2former_*, hf:PATH), not into {model.model_name or type(model).__name__!r}")
+    try:
+        loaded = type(net).from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SemsegError(f"{folder}: transformers could not load it as {type(net).__name__}: {exc}") from None
+    return {f"net.{key}": value for key, value in loaded.state_dict().items()}
+
+
+def hf_meta(folder: str | os.PathLike, meta: ModelMeta) -> ModelMeta:
+    """``meta`` with the mean and std of the folder's image processor (preprocessor_config.json), where it has one."""
+    path = Path(folder) / "preprocessor_config.json"
+    if not path.is_file():
+        return meta
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SemsegError(f"{path}: not readable JSON ({exc})") from None
+    if values.get("do_normalize", True) is False:
+        return replace(meta, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    mean, std = values.get("image_mean"), values.get("image_std")
+    if isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3:
+        return replace(meta, mean=tuple(mean), std=tuple(std))
+    return meta
