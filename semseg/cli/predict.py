@@ -33,14 +33,18 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--confidence", action="store_true", help="also write DIR/confidence/<name>.png (max probability)")
     p.add_argument("--probs", action="store_true", help="also write DIR/probs/<name>.npy (float32 [C, H, W])")
+    p.add_argument("--format", choices=["semseg", "cityscapes"], default="semseg", dest="label_format",
+                   help="DIR/labels as class-id palette PNGs (semseg) or as the Cityscapes benchmark's labelId PNGs")
     p.set_defaults(handler=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from semseg.predict import Predictor, describe_tta, predict_files, resolve_sources
+    from semseg.predict.files import check_label_format
     from semseg.runtime import OnnxModel
 
     files = resolve_sources(args.sources)
+    check_label_format(args.label_format, files)  # the names before the model loads; the class count once it has
     if args.onnx is not None:
         if args.checkpoint or args.model:
             raise SemsegError("--onnx FILE runs an exported model; it does not combine with --checkpoint or --model")
@@ -63,7 +67,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
     )
-    failed = predict_files(predictor, files, args.out, args.confidence, args.probs, args.workers)
+    failed = predict_files(predictor, files, args.out, args.confidence, args.probs, args.workers, args.label_format)
     print(f"predicted {len(files) - len(failed)} of {len(files)} images into {args.out} ({args.mode} mode, "
           f"{predictor.precision}, {describe_tta(predictor, args.tta)})")
     if failed:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from semseg.data.formats import trainid_to_labelid
 from semseg.errors import SemsegError
 from semseg.io import IMAGE_EXTENSIONS, encode_image_png, list_images, read_image, write_bytes_atomic, write_label_png
 from semseg.predict.predictor import Prediction, Predictor
@@ -69,9 +71,41 @@ def _keep(item: Any) -> Any:
     return item
 
 
-def write_outputs(out_dir: Path, stem: str, rgb: np.ndarray, prediction: Prediction, palette: list[list[int]]) -> None:
-    """``labels/<stem>.png`` (palette PNG, indices = ids), ``overlays/``, and ``confidence/`` when computed."""
-    write_label_png(out_dir / "labels" / f"{stem}.png", prediction.labels, palette)
+# How label PNGs are written: semseg's (class ids as palette indices) or the Cityscapes benchmark's
+LABEL_FORMATS = ("semseg", "cityscapes")
+# what cityscapesScripts reads a file name as: CITY_SEQUENCE_FRAME[_anything], the key the server matches on
+_CITYSCAPES_NAME = re.compile(r"^[A-Za-z]+_\d+_\d+(_|$)")
+
+
+def check_label_format(label_format: str, files: Sequence[Path], num_classes: int | None = None) -> None:
+    """SemsegError unless ``label_format`` is known and (for ``cityscapes``) fits the file names and the model's
+    class count (``None``: not known yet, checked once the model is loaded).
+
+    Cityscapes results are labelIds of its 19 training classes, one PNG per test image,
+    named after the image (``berlin_000000_000019_leftImg8bit.png``), as the benchmark
+    server and cityscapesScripts' evaluator match them by ``CITY_SEQUENCE_FRAME``.
+    """
+    if label_format not in LABEL_FORMATS:
+        raise SemsegError(f"label format must be one of {', '.join(LABEL_FORMATS)}, got {label_format!r}")
+    if label_format != "cityscapes":
+        return
+    if num_classes is not None and num_classes != 19:
+        raise SemsegError(f"--format cityscapes writes the 19 Cityscapes training classes as labelIds, "
+                          f"but the model predicts {num_classes} classes")
+    for path in files:
+        if not _CITYSCAPES_NAME.match(path.stem):
+            raise SemsegError(f"{path}: --format cityscapes needs Cityscapes file names (CITY_SEQUENCE_FRAME_leftImg8bit.png, "
+                              "e.g. berlin_000000_000019_leftImg8bit.png): the benchmark matches results by them")
+
+
+def write_outputs(out_dir: Path, stem: str, rgb: np.ndarray, prediction: Prediction, palette: list[list[int]],
+                  label_format: str = "semseg") -> None:
+    """``labels/<stem>.png`` (palette PNG, indices = ids; ``cityscapes``: 8-bit labelIds), ``overlays/``,
+    and ``confidence/`` when computed."""
+    if label_format == "cityscapes":
+        write_label_png(out_dir / "labels" / f"{stem}.png", trainid_to_labelid(prediction.labels))
+    else:
+        write_label_png(out_dir / "labels" / f"{stem}.png", prediction.labels, palette)
     write_bytes_atomic(out_dir / "overlays" / f"{stem}.png", encode_image_png(overlay(rgb, prediction.labels, palette)))
     if prediction.confidence is not None:
         confidence = np.rint(prediction.confidence * 255).astype(np.uint8)
@@ -107,9 +141,14 @@ def predict_files(
     confidence: bool = False,
     probs: bool = False,
     workers: int = 1,
+    label_format: str = "semseg",
 ) -> list[Path]:
-    """Predict every file into ``out_dir``; returns the files that could not be read (logged, skipped)."""
+    """Predict every file into ``out_dir``; returns the files that could not be read (logged, skipped).
+
+    ``label_format``: ``semseg`` or ``cityscapes`` (see :func:`check_label_format`).
+    """
     out_dir = Path(out_dir)
+    check_label_format(label_format, files, predictor.meta.num_classes)
     loader = torch.utils.data.DataLoader(
         ImageFiles(files), batch_size=None, collate_fn=_keep, num_workers=min(workers, max(len(files) - 1, 0))
     )
@@ -125,14 +164,15 @@ def predict_files(
                 bar.update(1)
                 continue
             if pending and (rgb.shape != pending[0][1].shape or len(pending) == batch_size):
-                _predict_pending(predictor, pending, out_dir, confidence, probs, bar)
+                _predict_pending(predictor, pending, out_dir, confidence, probs, bar, label_format)
             pending.append((files[index], rgb))
-        _predict_pending(predictor, pending, out_dir, confidence, probs, bar)
+        _predict_pending(predictor, pending, out_dir, confidence, probs, bar, label_format)
     return failed
 
 
 def _predict_pending(
-    predictor: Predictor, pending: list[tuple[Path, np.ndarray]], out_dir: Path, confidence: bool, probs: bool, bar: Progress
+    predictor: Predictor, pending: list[tuple[Path, np.ndarray]], out_dir: Path, confidence: bool, probs: bool, bar: Progress,
+    label_format: str = "semseg",
 ) -> None:
     if not pending:
         return
@@ -146,6 +186,6 @@ def _predict_pending(
     if npy is not None:
         npy.commit()
     for (path, rgb), prediction in zip(pending, predictions):
-        write_outputs(out_dir, path.stem, rgb, prediction, predictor.palette)
+        write_outputs(out_dir, path.stem, rgb, prediction, predictor.palette, label_format)
     bar.update(len(pending))
     pending.clear()
