@@ -23,7 +23,6 @@ from semseg.losses.mask_classification import MaskClassificationLoss  # noqa: E4
 from semseg.models import download  # noqa: E402
 from semseg.models.transformers_zoo import MaskClassificationModel, semantic_logits  # noqa: E402
 
-DEMO = Path(__file__).resolve().parents[1] / "semseg" / "assets" / "demo"
 BACKBONE = {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}
 TINY = {"hidden_dim": 32, "feature_size": 32, "mask_feature_size": 32, "encoder_layers": 1, "decoder_layers": 3,
         "num_attention_heads": 2, "dim_feedforward": 64, "encoder_feedforward_dim": 64, "num_queries": 8,
@@ -217,19 +216,7 @@ def test_onnx_export_passes_its_parity_check(tmp_path):
     assert report["agreement"] > 0.999
 
 
-# ------------------------------------------------------------------ the CLI: train, val, resume, predict
-@pytest.fixture(scope="module")
-def tiny_camvid(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("camvid")
-    for split, count in (("train", 4), ("val", 2)):
-        for folder, resample in ((split, Image.Resampling.BOX), (split + "annot", Image.Resampling.NEAREST)):
-            (root / folder).mkdir()
-            for path in sorted((DEMO / folder).glob("*.png"))[:count]:
-                with Image.open(path) as img:
-                    img.resize((80, 64), resample).save(root / folder / path.name)
-    return root
-
-
+# ------------------------------------------------------------------ the CLI: train, val, resume, predict (tiny_camvid: conftest.py)
 def _train_args(run: Path, root: Path, *extra: str) -> list[str]:
     kwargs = json.dumps({k: v for k, v in TINY.items()})
     return ["train", "--run-dir", str(run), f"data.root={root}", "data.format=camvid", "model.name=mask2former_swin_tiny",

@@ -134,15 +134,20 @@ def polygon_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -
 
 
 # ------------------------------------------------------------------ class maps
+def _read_yaml(path: Path) -> Any:
+    """The YAML (or JSON, a subset of it) in ``path``; a SemsegError naming the file when it cannot be read."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SemsegError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise SemsegError(f"{path}: not JSON or YAML ({str(exc).splitlines()[0]})") from None
+
+
 def load_class_map(path: str | os.PathLike) -> dict[str, int | str]:
     """A class map file (JSON or YAML): ``{source class name or id: class id or "ignore"}``."""
     path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SemsegError(f"{path}: cannot read the class map ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise SemsegError(f"{path}: not a JSON or YAML class map ({str(exc).splitlines()[0]})") from None
+    values = _read_yaml(path)
     if not isinstance(values, dict) or not values:
         raise SemsegError(f"{path}: a class map is a mapping {{source class name or id: class id or \"ignore\"}}")
     return {str(k): v for k, v in values.items()}
@@ -348,12 +353,7 @@ def coco_to_masks(
 def load_yolo_names(path: str | os.PathLike) -> list[str]:
     """The class names of a YOLO dataset YAML (``names:`` as a list, or as a dict {index: name})."""
     path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SemsegError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise SemsegError(f"{path}: not YAML ({str(exc).splitlines()[0]})") from None
+    values = _read_yaml(path)
     names = values.get("names") if isinstance(values, dict) else None
     if isinstance(names, dict):
         keys = sorted(names, key=lambda k: int(k))
