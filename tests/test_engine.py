@@ -302,6 +302,9 @@ def test_demo_trains_evaluates_and_predicts_the_held_back_frame(tmp_path, capsys
     out = capsys.readouterr().out
     assert "held-back frame 0016E5_08025.png, the demo model:" in out and "default" not in out.split("trained")[1]
     assert (run / "prediction" / "0016E5_08025_overlay.png").is_file() and (run / "best.pt").is_file()
+    frame = Path(__file__).resolve().parents[1] / "semseg" / "assets" / "demo" / "test" / "0016E5_08025.png"
+    with Image.open(run / "prediction" / "0016E5_08025_overlay.png") as shown, Image.open(frame) as source:
+        assert shown.width > source.width  # the overlay, with its legend beside it
     assert "miou" in _metrics(run)[-1]
     assert main(["demo", "--run-dir", str(run)]) == 2  # never overwrites a run
     assert "already holds a demo run" in capsys.readouterr().err

@@ -471,6 +471,8 @@ def test_predict_cli_with_a_checkpoint(lraspp_checkpoint, three_images, tmp_path
     image = Image.open(three_images / "a.png").convert("RGB")
     np.testing.assert_array_equal(np.asarray(Image.open(out / "labels" / "a.png")), plain_recipe(model, image))
     assert "predicted 2 of 3 images" in capsys.readouterr().out
+    with Image.open(out / "legend.png") as key:  # the overlays' key: a row per class of the model
+        assert key.height >= 16 * model.pretrained_cfg.num_classes
 
 
 def test_predict_cli_with_a_raw_state_dict(lraspp_checkpoint, three_images, tmp_path):

@@ -83,3 +83,15 @@ def test_panel_shows_image_truth_and_prediction_side_by_side():
 def test_panel_needs_one_size():
     with pytest.raises(SemsegError, match="one size"):
         panel(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), int), np.zeros((4, 5), int), PALETTE)
+
+
+def test_with_legend_keeps_the_picture_and_lists_the_classes_shown():
+    from semseg.reports.viz import with_legend
+
+    picture = np.full((40, 30, 3), 7, np.uint8)
+    labels = np.zeros((40, 30), int)
+    labels[:, 15:] = 2
+    out = with_legend(picture, ["sky", "building", "tree"], PALETTE, labels)
+    assert np.array_equal(out[:40, :30], picture) and out.shape[1] > 30
+    colours = {tuple(c) for c in out[:, 30:].reshape(-1, 3).tolist()}
+    assert tuple(PALETTE[0]) in colours and tuple(PALETTE[2]) in colours and tuple(PALETTE[1]) not in colours

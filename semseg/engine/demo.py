@@ -21,7 +21,7 @@ from semseg.errors import SemsegError
 from semseg.io import encode_image_png, list_images, read_image, read_label_map, write_bytes_atomic, write_label_png
 from semseg.models import factory, load_model
 from semseg.predict import Predictor
-from semseg.reports.viz import overlay
+from semseg.reports.viz import overlay, with_legend
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,9 @@ def _predict_frame(model: Any, frame: Path, out: Path, prefix: str, who: str) ->
     palette = model.pretrained_cfg.palette
     write_label_png(out / f"{prefix}{frame.stem}_labels.png", labels.astype(np.uint8), palette)
     overlay_path = out / f"{prefix}{frame.stem}_overlay.png"
-    write_bytes_atomic(overlay_path, encode_image_png(overlay(read_image(frame), labels, palette)))
+    names = model.pretrained_cfg.class_names
+    picture = with_legend(overlay(read_image(frame), labels, palette), names, palette, labels)  # the classes it shows
+    write_bytes_atomic(overlay_path, encode_image_png(picture))
     truth = read_label_map(Path(str(DEMO_ROOT)) / "testannot" / frame.name)
     valid = truth != 11  # CamVid's void
     agreement = float((labels[valid] == truth[valid]).mean())

@@ -21,7 +21,7 @@ from semseg.errors import SemsegError
 from semseg.io import IMAGE_EXTENSIONS, encode_image_png, list_images, read_image, write_bytes_atomic, write_label_png
 from semseg.predict.predictor import Prediction, Predictor
 from semseg.progress import Progress
-from semseg.reports.viz import overlay
+from semseg.reports.viz import legend, overlay
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,10 @@ def predict_files(
     )
     failed: list[Path] = []
     pending: list[tuple[Path, np.ndarray]] = []
+    # the key of overlays/: every class's colour and name, in one picture beside them (overlays stay pixel-aligned)
+    names = predictor.meta.class_names or [f"class_{c}" for c in range(predictor.meta.num_classes or 0)]
+    if names:
+        write_bytes_atomic(out_dir / "legend.png", encode_image_png(legend(names, predictor.palette)))
     # probabilities go one image at a time, straight into their .npy memory map
     batch_size = 1 if probs else predictor.batch_size
     with Progress(len(files), "predict", unit="img", logger=log) as bar:

@@ -110,6 +110,18 @@ def legend(class_names: Sequence[str], palette: Palette, swatch: int = 16, colum
     return np.asarray(canvas)
 
 
+def with_legend(picture: np.ndarray, class_names: Sequence[str], palette: Palette, labels: np.ndarray | None = None) -> np.ndarray:
+    """``picture`` (uint8 [H, W, 3], e.g. an overlay) with a legend to its right: the classes present in
+    ``labels`` (all of ``class_names`` without it), in class order."""
+    shown = range(len(class_names)) if labels is None else [int(c) for c in np.unique(labels) if 0 <= c < len(class_names)]
+    key = legend([class_names[c] for c in shown], [palette[c] for c in shown], columns=1 + (len(shown) > 16))
+    height = max(picture.shape[0], key.shape[0])
+    canvas = np.full((height, picture.shape[1] + key.shape[1], 3), 255, np.uint8)
+    canvas[: picture.shape[0], : picture.shape[1]] = picture
+    canvas[: key.shape[0], picture.shape[1]:] = key
+    return canvas
+
+
 def _titled(picture: np.ndarray, title: str, height: int = 20) -> np.ndarray:
     canvas = Image.new("RGB", (picture.shape[1], picture.shape[0] + height), "white")
     canvas.paste(Image.fromarray(picture), (0, height))
