@@ -299,3 +299,19 @@ def test_tensorboard_logs_per_class_tags(tiny_camvid, tmp_path):
     assert {"train/loss", "train/lr", "val/miou", "val/iou/Sky", "val/iou/Bicyclist", "time/eval_s"} <= tags
     (value,) = events.Scalars("val/miou")
     assert value.value == pytest.approx(json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["miou"])
+
+
+def test_data_check_and_score_show_progress_in_a_log(tiny_camvid, tmp_path, capsys):
+    # not a terminal (captured): one line per 10% through the log, none with -q
+    assert main(["data", "check", "--format", "camvid", "--root", str(tiny_camvid), "--split", "train"]) == 0
+    assert "data check: 4/4 img (100%)" in capsys.readouterr().out
+    gt, pred = tiny_camvid / "valannot", tmp_path / "pred"
+    pred.mkdir()
+    for path in gt.glob("*.png"):  # the truth as prediction, void (11) predicted as Sky
+        labels = np.asarray(Image.open(path))
+        Image.fromarray(np.where(labels == 11, 0, labels).astype(np.uint8)).save(pred / path.name)
+    assert main(["score", "--pred", str(pred), "--gt", str(gt), "--format", "camvid"]) == 0
+    out = capsys.readouterr().out
+    assert "score: 1/2 img (50%)" in out and "score: 2/2 img (100%)" in out
+    assert main(["-q", "score", "--pred", str(pred), "--gt", str(gt), "--format", "camvid"]) == 0
+    assert "score:" not in capsys.readouterr().out

@@ -98,7 +98,7 @@ def check_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> di
     listing = find_samples(cfg.format, cfg.root, split)
     dataset = SegDataset(listing.pairs, info, decoder)
     workers = cfg.workers if workers is None else workers
-    results = parallel_map(_AuditSample(dataset), workers if len(dataset) >= MIN_SAMPLES_FOR_WORKERS else 0)
+    results = parallel_map(_AuditSample(dataset), workers if len(dataset) >= MIN_SAMPLES_FOR_WORKERS else 0, "data check")
     errors = [{"file": str(path), "message": message} for path, message in listing.problems]
     errors += [error for sample_errors, _ in results for error in sample_errors]
     stats = accumulate_counts([counts for _, counts in results if counts is not None], info.num_classes)

@@ -7,6 +7,7 @@ decodes masks through the one lookup table (:mod:`semseg.data.masks`) and hands
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,13 @@ from semseg.data.masks import MaskDecoder, mask_decoder
 from semseg.errors import SemsegError
 from semseg.io import read_image
 from semseg.meta import check_num_classes
+from semseg.progress import Progress
 
 # A bad sample is replaced by the next one; this many bad ones in a row stop the run.
 MAX_CONSECUTIVE_BAD = 16
 MAX_WORKER_SLOTS = 64
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -192,10 +196,18 @@ class _MaskCounts(Dataset):
         return mask_counts(self.dataset.read_mask(index), info.num_classes, info.ignore_index)
 
 
-def parallel_map(dataset: Dataset, workers: int) -> list[Any]:
-    """``[dataset[i] for i in range(len(dataset))]`` computed in DataLoader worker processes."""
+def parallel_map(dataset: Dataset, workers: int, desc: str | None = None) -> list[Any]:
+    """``[dataset[i] for i in range(len(dataset))]`` computed in DataLoader worker processes,
+    shown as progress named ``desc`` when given."""
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity)
-    return list(loader)
+    if desc is None:
+        return list(loader)
+    results = []
+    with Progress(len(dataset), desc, unit="img", logger=log) as bar:
+        for item in loader:
+            results.append(item)
+            bar.update(1)
+    return results
 
 
 def _identity(x: Any) -> Any:
@@ -209,4 +221,4 @@ def class_statistics(dataset: SegDataset, workers: int = 0) -> dict[str, Any]:
     pixels of the images that contain it: SegNet median-frequency weights),
     ``image_counts`` (images containing each class), ``ignored_pixels``, ``num_images``.
     """
-    return accumulate_counts(parallel_map(_MaskCounts(dataset), workers), dataset.info.num_classes)
+    return accumulate_counts(parallel_map(_MaskCounts(dataset), workers, "class statistics"), dataset.info.num_classes)

@@ -12,6 +12,7 @@ from semseg.metrics.boundary import BoundaryIoU
 from semseg.metrics.confusion import ConfusionMatrix
 from semseg.metrics.counting import LabelValueError
 from semseg.metrics.report import check_class_names, report, report_json
+from semseg.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +68,28 @@ def score_folders(
     when given, accumulates the same pairs.
     """
     cm = ConfusionMatrix(num_classes, ignore_index)
-    for pred_path, gt_path in pair_label_files(pred_dir, gt_dir, allow_missing):
-        pred, gt = read_label_map(pred_path), read_label_map(gt_path)
-        if pred.shape != gt.shape:
-            raise SemsegError(
-                f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH) but its ground truth "
-                f"{gt_path} is {gt.shape[1]}x{gt.shape[0]}"
-            )
-        try:
-            cm.update(pred, gt)
-        except LabelValueError as exc:
-            raise SemsegError(f"{pred_path if exc.source == 'prediction' else gt_path}: {exc}") from None
-        if boundary is not None:
-            boundary.update(pred, gt)
+    pairs = pair_label_files(pred_dir, gt_dir, allow_missing)
+    with Progress(len(pairs), "score", unit="img", logger=log) as bar:
+        for pred_path, gt_path in pairs:
+            _count_pair(cm, boundary, pred_path, gt_path)
+            bar.update(1)
     return cm
+
+
+def _count_pair(cm: ConfusionMatrix, boundary: BoundaryIoU | None, pred_path: Path, gt_path: Path) -> None:
+    """Count one prediction against its ground truth; a bad file raises naming it."""
+    pred, gt = read_label_map(pred_path), read_label_map(gt_path)
+    if pred.shape != gt.shape:
+        raise SemsegError(
+            f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH) but its ground truth "
+            f"{gt_path} is {gt.shape[1]}x{gt.shape[0]}"
+        )
+    try:
+        cm.update(pred, gt)
+    except LabelValueError as exc:
+        raise SemsegError(f"{pred_path if exc.source == 'prediction' else gt_path}: {exc}") from None
+    if boundary is not None:
+        boundary.update(pred, gt)
 
 
 def score(
