@@ -128,3 +128,16 @@ def test_app_page_in_chromium_uploads_and_shows_the_overlay(server, browser, tmp
     assert browser.save_screenshot(str(shot))
     with Image.open(shot) as picture:
         assert len(set(picture.convert("L").getdata())) > 50  # the page with its pictures, not a blank one
+
+
+def test_app_without_gradio_says_which_extra_to_install(monkeypatch, capsys):
+    import sys
+
+    from semseg.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio now fails
+    assert main(["app"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'semseg[app]'" in err and len(err.strip().splitlines()) == 1
+    assert main(["app", "--checkpoint", "missing.pt"]) == 2
+    assert "semseg[app]" in capsys.readouterr().err  # the missing extra is named first, before anything loads
