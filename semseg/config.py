@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -46,7 +47,14 @@ class DataConfig:
     format: DataFormat = "folder"
     root: str = ""
     train_split: str = "train"
+    # where validation images come from: a split name ("val"; "a+b" joins splits), or a part of the
+    # training split held out of training by group (data.group_by): "groups:0006R0,0001TP" (those
+    # groups) or "fold:K/N" (the K-th of N group-disjoint folds); "" = no validation
     val_split: str = "val"
+    # regular expression searched in each image's path relative to data.root (with "/"); its first
+    # capture group (or the whole match) names the sample's group: a video sequence, a site, a patient.
+    # null: the format's own (camvid: the sequence before the first "_", cityscapes: the city), else none
+    group_by: Optional_str = None  # type: ignore[valid-type]
     # folder format only: the others fix classes, names and palette themselves
     num_classes: Optional_int = None  # type: ignore[valid-type]
     class_names: Optional_list = None  # type: ignore[valid-type]
@@ -136,6 +144,7 @@ class RunConfig:
 
 # ------------------------------------------------------------------ type helpers
 Optional_int = typing.Optional[int]
+Optional_str = typing.Optional[str]
 Optional_float = typing.Optional[float]
 Optional_list = typing.Optional[list]
 Optional_dict = typing.Optional[dict]
@@ -205,6 +214,35 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
 def check_data_format(name: Any) -> DataFormat:
     """``name`` if it is one of :data:`DataFormat`, else SemsegError naming ``data.format`` and the choices."""
     return _coerce(name, DataFormat, "data.format")
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The part of the training split that ``data.val_split`` holds out for validation, by group:
+    the named ``groups``, or fold ``fold`` of ``folds`` group-disjoint folds."""
+
+    groups: tuple[str, ...] = ()
+    fold: int = 0
+    folds: int = 0
+
+
+def parse_holdout(val_split: str) -> Holdout | None:
+    """``"groups:A,B"`` or ``"fold:K/N"`` -> :class:`Holdout`; a plain split name -> None."""
+    kind, sep, spec = val_split.partition(":")
+    if not sep:
+        return None
+    where = f"config key 'data.val_split' ({val_split!r})"
+    if kind == "groups":
+        groups = tuple(g.strip() for g in spec.split(",") if g.strip())
+        if not groups:
+            raise SemsegError(f"{where}: name at least one group after 'groups:', e.g. groups:0006R0")
+        return Holdout(groups=groups)
+    if kind == "fold":
+        fold, _, folds = spec.partition("/")
+        if not (fold.strip().isdigit() and folds.strip().isdigit()) or not 1 <= int(fold) <= int(folds) or int(folds) < 2:
+            raise SemsegError(f"{where}: expected fold:K/N with 1 <= K <= N and N >= 2, e.g. fold:1/3")
+        return Holdout(fold=int(fold), folds=int(folds))
+    raise SemsegError(f"{where}: expected a split name, groups:NAME[,NAME...] or fold:K/N")
 
 
 def _type_name(kind: Any) -> str:
@@ -351,6 +389,10 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
         raise SemsegError(f"config key 'data.base_size': expected [height, width] positive integers, got {d.base_size}")
     if len(d.mean) != 3 or len(d.std) != 3 or any(s <= 0 for s in d.std):
         raise SemsegError("config keys 'data.mean' and 'data.std' need three values each, std > 0")
+    if parse_holdout(d.val_split) is not None and "+" in d.val_split:
+        raise SemsegError(f"config key 'data.val_split' ({d.val_split!r}): a held-out part cannot be joined with '+'")
+    if d.group_by is not None:
+        check_group_pattern(d.group_by)
     if not 0 < d.cat_max_ratio <= 1:
         raise SemsegError(f"config key 'data.cat_max_ratio': must lie in (0, 1], got {d.cat_max_ratio}")
     if not 0 <= d.ignore_index <= 65535:
@@ -377,6 +419,17 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
     check_classes(d, num_classes)
     if isinstance(t.class_weights, list) and len(t.class_weights) != num_classes:
         raise SemsegError(f"config key 'train.class_weights' has {len(t.class_weights)} values for {num_classes} classes")
+
+
+def check_group_pattern(pattern: str) -> "re.Pattern[str]":
+    """``data.group_by`` compiled; SemsegError for an invalid expression or more than one capture group."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise SemsegError(f"config key 'data.group_by': {pattern!r} is not a regular expression ({exc})") from None
+    if compiled.groups > 1:
+        raise SemsegError(f"config key 'data.group_by': {pattern!r} has {compiled.groups} capture groups; use one (or none)")
+    return compiled
 
 
 def check_classes(d: DataConfig, num_classes: int) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from semseg.config import DataConfig, load_config, validate
+from semseg.config import DataConfig, load_config, parse_holdout, validate
 from semseg.data.datasets import (
     SegDataset,
     accumulate_counts,
@@ -26,14 +27,16 @@ from semseg.data.datasets import (
     mask_counts,
     parallel_map,
 )
-from semseg.data.layouts import find_samples
 from semseg.data.masks import mask_decoder
+from semseg.data.splits import grouping, leakage_warning, split_listing
 from semseg.errors import SemsegError
 from semseg.io import write_text_atomic
 from semseg.losses import enet_weights, median_frequency_weights
 
 # below this many samples, starting worker processes costs more than it saves
 MIN_SAMPLES_FOR_WORKERS = 32
+# groups named in the printed report (the JSON report has them all)
+MAX_GROUPS_SHOWN = 12
 
 
 def _error(path: Path, exc: SemsegError) -> dict[str, str]:
@@ -85,18 +88,27 @@ def _suggested_weights(class_pixels: list[int], present_pixels: list[int]) -> di
     }
 
 
+def _as_validation(cfg: DataConfig, split: str) -> DataConfig:
+    """The settings whose train/val overlap the audit reports: a held-out ``split`` (``fold:K/N``,
+    ``groups:...``) is the validation set it describes; a named split is audited beside ``data.val_split``."""
+    return replace(cfg, val_split=split) if parse_holdout(split) else cfg
+
+
 def check_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> dict[str, Any]:
     """Audit ``split`` of ``cfg``'s dataset. Decodes in ``workers`` processes (default ``cfg.workers``).
 
     Returns a JSON-ready report: ``num_images`` (pairs found), ``num_counted`` (pairs
     read cleanly, the ones the statistics count), ``class_names``, ``class_pixels``,
     ``image_counts``, ``present_pixels``, ``ignored_pixels``, ``suggested_weights``
-    ({"median_freq", "enet"}), ``warnings`` and ``errors`` ([{"file", "message"}]).
+    ({"median_freq", "enet"}), ``group_by`` and ``groups`` (samples per group, see
+    :mod:`semseg.data.splits`), ``warnings`` (absent classes; groups shared by the
+    training and validation splits) and ``errors`` ([{"file", "message"}]).
     """
     info = dataset_info(cfg)
     decoder = mask_decoder(cfg, info.num_classes)
-    listing = find_samples(cfg.format, cfg.root, split)
+    listing = split_listing(cfg, split)
     dataset = SegDataset(listing.pairs, info, decoder)
+    groups_of = grouping(cfg)
     workers = cfg.workers if workers is None else workers
     results = parallel_map(_AuditSample(dataset), workers if len(dataset) >= MIN_SAMPLES_FOR_WORKERS else 0, "data check")
     errors = [{"file": str(path), "message": message} for path, message in listing.problems]
@@ -115,7 +127,10 @@ def check_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> di
         "ignore_index": info.ignore_index,
         **stats,
         "suggested_weights": _suggested_weights(stats["class_pixels"], stats["present_pixels"]),
-        "warnings": [f"class {name!r} has no pixels in this split" for name in absent],
+        "group_by": groups_of.pattern.pattern if groups_of else None,
+        "groups": groups_of.sizes(listing.pairs) if groups_of else {},
+        "warnings": [f"class {name!r} has no pixels in this split" for name in absent]
+        + [w for w in [leakage_warning(_as_validation(cfg, split))] if w],
         "errors": errors,
     }
 
@@ -140,6 +155,11 @@ def format_report(report: dict[str, Any]) -> str:
         )
     ignored = report["ignored_pixels"]
     lines.append(f"{report['ignore_index']:>4}  {'ignored':<{width}}  {ignored:>14,}  {share(ignored):>6.2f}")
+    if report["groups"]:
+        shown = list(report["groups"].items())[:MAX_GROUPS_SHOWN]
+        groups = ", ".join(f"{g} ({n})" for g, n in shown)
+        more = f", ... and {len(report['groups']) - len(shown)} more" if len(report["groups"]) > len(shown) else ""
+        lines += ["", f"{len(report['groups'])} group(s) by data.group_by {report['group_by']!r}: {groups}{more}"]
     lines += [""] + [f"warning: {w}" for w in report["warnings"]]
     errors = report["errors"]
     if errors:

@@ -20,8 +20,9 @@ from torchvision import tv_tensors
 
 from semseg.config import DataConfig, check_classes, check_data_format
 from semseg.data.formats import FORMATS, default_palette
-from semseg.data.layouts import Listing, find_samples
+from semseg.data.layouts import Listing
 from semseg.data.masks import MaskDecoder, mask_decoder
+from semseg.data.splits import split_listing
 from semseg.errors import SemsegError
 from semseg.io import read_image
 from semseg.meta import check_num_classes
@@ -153,10 +154,11 @@ def raise_on_problems(listing: Listing, cfg: DataConfig, split: str) -> None:
 
 
 def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None) -> SegDataset:
-    """The dataset of ``split`` (a split name such as ``cfg.train_split``) described by ``cfg``."""
+    """The dataset of ``split`` described by ``cfg``: a split name such as ``cfg.train_split``, or a part held
+    out of the training split (``groups:...``, ``fold:K/N``; see :mod:`semseg.data.splits`)."""
     info = dataset_info(cfg)
     decoder = mask_decoder(cfg, info.num_classes)
-    listing = find_samples(cfg.format, cfg.root, split)
+    listing = split_listing(cfg, split)
     raise_on_problems(listing, cfg, split)
     return SegDataset(listing.pairs, info, decoder, transform, cfg.skip_bad_samples)
 

@@ -43,6 +43,8 @@ class Format:
     palette: tuple[tuple[int, int, int], ...]
     classes: dict[int, int] = field(default_factory=dict)
     void: tuple[int, ...] = ()
+    # default data.group_by: what ties images together (see semseg.data.splits); None: nothing
+    group_by: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -171,9 +173,13 @@ def _identity(n: int, offset: int = 0) -> dict[int, int]:
     return {raw: raw - offset for raw in range(offset, n + offset)}
 
 
+# the file name up to its first "_" (the folders above it are left out)
+FILE_NAME_PREFIX = r"([^/_]+)_[^/]*$"
+
 FORMATS: dict[str, Format] = {
     "camvid": Format(
-        "camvid", CAMVID_CLASSES, CAMVID_PALETTE, _identity(len(CAMVID_CLASSES)), (CAMVID_VOID,)
+        "camvid", CAMVID_CLASSES, CAMVID_PALETTE, _identity(len(CAMVID_CLASSES)), (CAMVID_VOID,),
+        group_by=FILE_NAME_PREFIX,  # the video sequence: 0016E5_07959.png
     ),
     "voc": Format(
         "voc", VOC_CLASSES, tuple(map(tuple, default_palette(len(VOC_CLASSES)))),
@@ -185,6 +191,7 @@ FORMATS: dict[str, Format] = {
         tuple(colour for _, _, colour in _CITYSCAPES_TRAIN),
         {label_id: t for label_id, t in LABELID_TO_TRAINID.items() if t != 255},
         tuple(label_id for label_id, t in LABELID_TO_TRAINID.items() if t == 255),
+        group_by=FILE_NAME_PREFIX,  # the city: aachen_000000_000019_leftImg8bit.png
     ),
     # reduce_zero_label: 0 ("other") is ignored, 1..150 become 0..149. The palette is
     # the VOC colour map shifted by one, so that no class is black.

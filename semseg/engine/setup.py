@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from semseg.config import RunConfig, validate
 from semseg.data import build_dataset, class_statistics, dataset_info, eval_transform, train_transform
+from semseg.data.splits import leakage_warning
 from semseg.engine import distributed as dist_utils
 from semseg.engine.optim import build_optimizer, build_scheduler
 from semseg.engine.state import seed_everything, worker_init
@@ -22,6 +24,8 @@ from semseg.losses import class_weights, create_loss
 from semseg.losses.mask_classification import MaskClassificationLoss
 from semseg.models import convert_norm, create_model
 from semseg.runtime.precision import resolve_device, resolve_precision, use_channels_last
+
+log = logging.getLogger(__name__)
 
 
 def build_model(cfg: RunConfig, num_classes: int, class_names: list[str], palette: list[list[int]]) -> nn.Module:
@@ -126,6 +130,8 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
 
     train_set = build_dataset(cfg.data, cfg.data.train_split, train_transform(cfg.data))
     val_set = build_dataset(cfg.data, cfg.data.val_split, eval_transform(cfg.data)) if cfg.data.val_split else None
+    if dist.is_main and (warning := leakage_warning(cfg.data)):
+        log.warning(warning)
     model = build_model(cfg, info.num_classes, info.class_names, info.palette)
     if cfg.model.norm == "syncbn" and dist.enabled and device.type != "cuda":
         raise SemsegError("model.norm=syncbn needs CUDA devices (PyTorch's SyncBatchNorm); use model.norm=gn on the CPU")
