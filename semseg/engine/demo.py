@@ -19,6 +19,7 @@ from semseg.config import RunConfig, load_config
 from semseg.engine.loop import fit
 from semseg.errors import SemsegError
 from semseg.io import encode_image_png, list_images, read_image, read_label_map, write_bytes_atomic, write_label_png
+from semseg.metrics import collapse_warning
 from semseg.models import factory, load_model
 from semseg.predict import Predictor
 from semseg.reports.viz import overlay, with_legend
@@ -31,6 +32,9 @@ DEMO_ROOT = resources.files("semseg") / "assets" / "demo"
 DEMO_SETTINGS = [
     "name=demo",
     "model.name=lraspp_mobilenet_v3_large",
+    # torchvision's BatchNorm momentum of 0.01 leaves the running statistics far behind the
+    # weights after a few hundred steps: the evaluated model then predicts one class everywhere
+    "model.bn_momentum=0.1",
     "data.format=camvid",
     "data.crop_size=[176,240]",
     "data.scale_range=[0.75,1.5]",
@@ -82,6 +86,10 @@ def _predict_frame(model: Any, frame: Path, out: Path, prefix: str, who: str) ->
     truth = read_label_map(Path(str(DEMO_ROOT)) / "testannot" / frame.name)
     valid = truth != 11  # CamVid's void
     agreement = float((labels[valid] == truth[valid]).mean())
-    log.info("held-back frame %s, %s: %.1f%% of labelled pixels correct (%s)", frame.name, who, 100 * agreement,
-             overlay_path.name)
+    names = list(model.pretrained_cfg.class_names or [])
+    predicted = np.bincount(labels.ravel(), minlength=len(names))
+    log.info("held-back frame %s, %s: %.1f%% of labelled pixels correct, %d classes predicted (%s)", frame.name, who,
+             100 * agreement, int((predicted > 0).sum()), overlay_path.name)
+    if warning := collapse_warning(predicted, names, what=f"held-back frame {frame.name}"):
+        log.warning(warning)
     return overlay_path

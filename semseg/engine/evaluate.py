@@ -26,7 +26,7 @@ from semseg.engine.setup import eval_loader
 from semseg.engine.trainer import Trainer
 from semseg.errors import SemsegError
 from semseg.io import encode_image_png, write_bytes_atomic, write_text_atomic
-from semseg.metrics import BoundaryIoU, ConfusionMatrix, report, report_json
+from semseg.metrics import BoundaryIoU, ConfusionMatrix, collapse_warning, report, report_json
 from semseg.models import load_model
 from semseg.models.factory import default_model_path
 from semseg.progress import Progress
@@ -202,6 +202,9 @@ def evaluate_checkpoint(
     names = list(meta.class_names) if meta.class_names else dataset.info.class_names
     palette = [list(c) for c in meta.palette] if meta.palette else dataset.info.palette
     scores = report(matrix, names, boundary)
+    counts = matrix.matrix
+    if warning := collapse_warning(counts.sum(0), names, counts.sum(1), what=f"{len(dataset)} {cfg.data.val_split} images"):
+        log.warning(warning)
     if json_path:
         write_text_atomic(json_path, report_json(scores))
     if report_dir:

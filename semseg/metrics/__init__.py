@@ -30,7 +30,7 @@ from semseg.metrics.confusion import ConfusionMatrix
 from semseg.metrics.counting import LabelValueError
 from semseg.metrics.folders import pair_label_files, score, score_folders
 from semseg.metrics.report import check_class_names, default_class_names, format_report, report, report_json
-from semseg.metrics.scores import CLASS_KEYS, MEAN_KEYS, compute_scores
+from semseg.metrics.scores import CLASS_KEYS, MEAN_KEYS, collapse_warning, compute_scores
 
 __all__ = [
     "BoundaryIoU",

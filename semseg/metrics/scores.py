@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 MEAN_KEYS = ("miou", "mean_acc", "mdice", "pixel_acc", "fwiou")
 CLASS_KEYS = ("iou", "acc", "precision", "dice")
+# a prediction in which one class holds at least this share of the pixels has collapsed (collapse_warning)
+COLLAPSE_SHARE = 0.99
 
 
 def compute_scores(matrix: np.ndarray) -> dict[str, Any]:
@@ -48,3 +51,31 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 def _mean(values: np.ndarray) -> float:
     defined = values[~np.isnan(values)]
     return float(defined.mean()) if defined.size else math.nan
+
+
+def collapse_warning(
+    pred_pixels: np.ndarray, class_names: Sequence[str], gt_pixels: np.ndarray | None = None, what: str = "images"
+) -> str | None:
+    """A warning when one class holds at least ``COLLAPSE_SHARE`` of the predicted pixels, else None.
+
+    A model that predicts a single class everywhere (too little training, BatchNorm
+    statistics that lag, wrong normalization or weights) still gets a pixel accuracy
+    equal to that class's share, which can look plausible. ``pred_pixels`` counts
+    predictions per class (int [C]); with ``gt_pixels`` (the truth's counts) the
+    warning is given only where the truth has more than one class itself.
+    """
+    predicted = np.asarray(pred_pixels, dtype=np.int64)
+    total = int(predicted.sum())
+    if total == 0:
+        return None
+    top = int(predicted.argmax())
+    share = predicted[top] / total
+    if share < COLLAPSE_SHARE:
+        return None
+    if gt_pixels is not None:
+        truth = np.asarray(gt_pixels, dtype=np.int64)
+        if truth.sum() == 0 or truth.max() / truth.sum() >= COLLAPSE_SHARE:
+            return None
+    name = class_names[top] if top < len(class_names) else f"class {top}"
+    return (f"the model predicted {name!r} on {100 * share:.1f}% of the pixels of the {what}: its prediction has "
+            "collapsed to one class (too little training, wrong weights or a wrong input normalization)")

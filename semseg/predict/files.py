@@ -19,6 +19,7 @@ import torch
 from semseg.data.formats import trainid_to_labelid
 from semseg.errors import SemsegError
 from semseg.io import IMAGE_EXTENSIONS, encode_image_png, list_images, read_image, write_bytes_atomic, write_label_png
+from semseg.metrics import collapse_warning
 from semseg.predict.predictor import Prediction, Predictor
 from semseg.progress import Progress
 from semseg.reports.viz import legend, overlay
@@ -146,6 +147,8 @@ def predict_files(
     """Predict every file into ``out_dir``; returns the files that could not be read (logged, skipped).
 
     ``label_format``: ``semseg`` or ``cityscapes`` (see :func:`check_label_format`).
+    Logs a warning when the predictions of all files together have collapsed to one class
+    (:func:`semseg.metrics.collapse_warning`).
     """
     out_dir = Path(out_dir)
     check_label_format(label_format, files, predictor.meta.num_classes)
@@ -158,6 +161,7 @@ def predict_files(
     names = predictor.meta.class_names or [f"class_{c}" for c in range(predictor.meta.num_classes or 0)]
     if names:
         write_bytes_atomic(out_dir / "legend.png", encode_image_png(legend(names, predictor.palette)))
+    counts = np.zeros(256, np.int64)  # predicted pixels per class, for the collapse warning
     # probabilities go one image at a time, straight into their .npy memory map
     batch_size = 1 if probs else predictor.batch_size
     with Progress(len(files), "predict", unit="img", logger=log) as bar:
@@ -168,14 +172,23 @@ def predict_files(
                 bar.update(1)
                 continue
             if pending and (rgb.shape != pending[0][1].shape or len(pending) == batch_size):
-                _predict_pending(predictor, pending, out_dir, confidence, probs, bar, label_format)
+                _predict_pending(predictor, pending, out_dir, confidence, probs, bar, counts, label_format)
             pending.append((files[index], rgb))
-        _predict_pending(predictor, pending, out_dir, confidence, probs, bar, label_format)
+        _predict_pending(predictor, pending, out_dir, confidence, probs, bar, counts, label_format)
+    names = list(predictor.meta.class_names or [])
+    if warning := collapse_warning(counts, names, what=f"{len(files) - len(failed)} predicted image(s)"):
+        log.warning(warning)
     return failed
 
 
 def _predict_pending(
-    predictor: Predictor, pending: list[tuple[Path, np.ndarray]], out_dir: Path, confidence: bool, probs: bool, bar: Progress,
+    predictor: Predictor,
+    pending: list[tuple[Path, np.ndarray]],
+    out_dir: Path,
+    confidence: bool,
+    probs: bool,
+    bar: Progress,
+    counts: np.ndarray,
     label_format: str = "semseg",
 ) -> None:
     if not pending:
@@ -191,5 +204,7 @@ def _predict_pending(
         npy.commit()
     for (path, rgb), prediction in zip(pending, predictions):
         write_outputs(out_dir, path.stem, rgb, prediction, predictor.palette, label_format)
+        if prediction.labels.dtype == np.uint8:  # models of more than 256 classes are not checked
+            counts += np.bincount(prediction.labels.ravel(), minlength=256)
     bar.update(len(pending))
     pending.clear()
