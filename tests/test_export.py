@@ -22,7 +22,7 @@ from test_predict import ToySeg, rgb
 def toy_onnx(tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
     model = ToySeg()
-    report_static = export_checked(model, folder / "static.onnx", (32, 48))
+    report_static = export_checked(model, folder / "static.onnx", (32, 48), dynamic=False)
     report_dynamic = export_checked(model, folder / "dynamic.onnx", (32, 48), dynamic=True)
     return model, folder, report_static, report_dynamic
 
@@ -31,7 +31,37 @@ def test_export_checks_parity_itself(toy_onnx):
     _, _, static, dynamic = toy_onnx
     for report in (static, dynamic):
         assert report["agreement"] >= 0.999 and report["max_abs_diff"] < 1e-4
+        assert report["workflow_frames"] == 4 and report["workflow_agreement"] >= 0.99
     assert dynamic["batches"] == static["batches"] + 1  # the odd-sized batch of a dynamic graph
+    assert dynamic["dynamic"] and not static["dynamic"]
+    assert dynamic["workflow_agreement"] >= 0.999 and "graph_agreement" not in dynamic
+    assert static["graph_agreement"] >= 0.999  # the graph in the same tiles as PyTorch
+
+
+def test_export_is_dynamic_by_default(tmp_path):
+    model = ToySeg()
+    report = export_checked(model, tmp_path / "m.onnx", (32, 48))
+    assert report["dynamic"] and OnnxModel(tmp_path / "m.onnx").fixed_input_size is None
+
+
+def test_the_workflow_check_fails_the_export_and_removes_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "compare_workflow", lambda *a: {"workflow_agreement": 0.9, "workflow_frames": 4})
+    with pytest.raises(SemsegError, match="parity check failed: semseg predict --onnx agrees with semseg predict on the "
+                       "PyTorch model on 90.000% of pixels"):
+        export_checked(ToySeg(), tmp_path / "m.onnx", (32, 48))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_compare_workflow_runs_predict_on_native_size_frames(toy_onnx):
+    from semseg.export import compare_workflow, workflow_frames
+
+    model, folder, _, _ = toy_onnx
+    frames = workflow_frames()
+    assert {frame.shape for frame in frames} == {(180, 240, 3)}  # the shipped CamVid frames, not resized
+    other = ToySeg()
+    with torch.no_grad():
+        other.head.weight.neg_()  # another model: its labels differ almost everywhere
+    assert compare_workflow(other, OnnxModel(folder / "dynamic.onnx"), frames)["workflow_agreement"] < 0.5
 
 
 def test_metadata_round_trips(toy_onnx):
@@ -58,17 +88,29 @@ def test_onnx_predictor_matches_pytorch(toy_onnx):
     image = rgb(37, 53)
     torch_labels = Predictor(model, precision="fp32")(image)
     assert (Predictor(OnnxModel(folder / "dynamic.onnx"))(image) == torch_labels).mean() >= 0.999
-    # a fixed-size graph: whole mode runs at its size and resizes the logits back
+    # a fixed-size graph runs at native resolution: tiles of its size over a larger image, never a resized image
     fixed = Predictor(OnnxModel(folder / "static.onnx"))
-    assert fixed.size == (32, 48)
-    resized = Predictor(model, size=(32, 48), precision="fp32")(image)
-    assert (fixed(image) == resized).mean() >= 0.999
+    assert fixed.size is None and fixed.windowed and fixed.crop == (32, 48)
+    tiled = Predictor(model, mode="slide", crop=(32, 48), precision="fp32")(image)
+    assert (fixed(image) == tiled).mean() >= 0.999
+    # a smaller image is padded to the graph's size and the logits cropped back
+    small = rgb(20, 30)
+    padded = np.zeros((32, 48, 3), np.uint8)
+    padded[:20, :30] = small
+    with torch.no_grad():
+        x = fixed.preprocess(torch.from_numpy(small).permute(2, 0, 1)[None])
+        expected = model(torch.nn.functional.pad(x, (0, 18, 0, 12)))[0, :, :20, :30].argmax(0).numpy()
+    assert (fixed(small) == expected).mean() >= 0.999
 
 
 def test_fixed_size_graph_refuses_what_it_cannot_run(toy_onnx):
     _, folder, _, _ = toy_onnx
-    with pytest.raises(SemsegError, match="only takes 32x48 inputs; use --crop 32 48"):
-        Predictor(OnnxModel(folder / "static.onnx"), mode="slide", crop=(16, 16))
+    with pytest.raises(SemsegError, match="only takes 32x48 inputs; use a --crop of at most 32 48"):
+        Predictor(OnnxModel(folder / "static.onnx"), mode="slide", crop=(64, 16))
+    with pytest.raises(SemsegError, match="only takes 32x48 inputs; use --size 32 48, or leave --size out"):
+        Predictor(OnnxModel(folder / "static.onnx"), size=(64, 64))
+    assert Predictor(OnnxModel(folder / "static.onnx"), size=(32, 48)).windowed is False  # resized, as asked
+    assert Predictor(OnnxModel(folder / "static.onnx"), mode="slide", crop=(16, 16)).crop == (16, 16)  # padded
     with pytest.raises(SemsegError, match="TTA needs one exported with --dynamic"):
         Predictor(OnnxModel(folder / "static.onnx"), tta=True)
     with pytest.raises(SemsegError, match="PyTorch models only"):
@@ -118,13 +160,14 @@ class PyramidToy(ToySeg):
         return y + torch.nn.functional.interpolate(self.pool(y), size=y.shape[-2:], mode="bilinear")
 
 
-def test_grid_pooling_exports_for_a_fixed_size_only(tmp_path):
+def test_grid_pooling_exports_for_a_fixed_size_only(tmp_path, caplog):
     model = PyramidToy()
     with pytest.raises(SemsegError, match="cannot be exported with --dynamic: its pool pools to a fixed 2x2 grid"):
         export_onnx(model, tmp_path / "p.onnx", (32, 32), dynamic=True)
     assert export.fixed_size_only(ToySeg()) is None
     report = export_checked(model, tmp_path / "p.onnx", (32, 48))  # TorchScript fails on it; torch.export takes over
-    assert report["agreement"] >= 0.999
+    assert report["agreement"] >= 0.999 and report["graph_agreement"] >= 0.999 and not report["dynamic"]
+    assert "model toy is exported for 32x48 inputs only: its pool pools to a fixed 2x2 grid" in caplog.text
     assert OnnxModel(tmp_path / "p.onnx")(torch.randn(3, 3, 32, 48)).shape == (3, 4, 32, 48)
 
 
@@ -213,6 +256,26 @@ def test_export_cli_then_predict_with_onnx_runtime(zoo_checkpoint, tmp_path, cap
     assert (labels == Predictor(model, precision="fp32")(rgb(45, 70))).mean() >= 0.999
 
 
+def test_export_with_no_flags_then_predict_onnx_matches_predict_on_camvid_size_frames(zoo_checkpoint, tmp_path, capsys):
+    path, _ = zoo_checkpoint
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(path), "--out", str(onnx_path)]) == 0
+    out = capsys.readouterr().out
+    assert "dynamic height and width" in out and "semseg predict --onnx on 4 street frames at native size" in out
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for seed in range(2):
+        Image.fromarray(rgb(360, 480, seed)).save(images / f"{seed}.png")
+    assert main(["predict", str(images), "--checkpoint", str(path), "--out", str(tmp_path / "torch")]) == 0
+    assert main(["predict", str(images), "--onnx", str(onnx_path), "--out", str(tmp_path / "onnx")]) == 0
+    for seed in range(2):
+        torch_labels = np.asarray(Image.open(tmp_path / "torch" / "labels" / f"{seed}.png"))
+        onnx_labels = np.asarray(Image.open(tmp_path / "onnx" / "labels" / f"{seed}.png"))
+        assert torch_labels.shape == (360, 480) and (torch_labels == onnx_labels).mean() >= 0.999
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -269,6 +332,7 @@ def test_export_checkpoint_fails_its_parity_check_and_removes_the_file(zoo_check
     [
         (["--format", "onnx", "--half"], "--half applies to --format semseg"),
         (["--format", "semseg", "--dynamic"], "--dynamic applies to --format onnx"),
+        (["--format", "semseg", "--fixed"], "--fixed applies to --format onnx"),
     ],
 )
 def test_export_format_flags_that_do_not_fit(zoo_checkpoint, tmp_path, capsys, args, message):
@@ -288,8 +352,9 @@ def test_export_records_the_recommended_tta_in_both_formats(zoo_checkpoint, tmp_
                  "--out", str(tmp_path / "m.onnx"), "--size", "32", "48"]) == 0
     runtime = OnnxModel(tmp_path / "m.onnx")
     assert runtime.pretrained_cfg.tta_scales == (1.0, 1.25) and Predictor(runtime).tta
-    assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--format", "onnx",
+    assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--format", "onnx", "--fixed",
                  "--out", str(tmp_path / "fixed.onnx"), "--size", "32", "48"]) == 0
+    assert "32x48 inputs" in capsys.readouterr().out
     assert not Predictor(OnnxModel(tmp_path / "fixed.onnx")).tta  # a fixed-size graph cannot follow it
     assert main(["export", "--checkpoint", str(path), "--tta-scales", "0", "--out", str(tmp_path / "z.pt"),
                  "--format", "semseg"]) == 2

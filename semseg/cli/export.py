@@ -19,7 +19,11 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta-scales", type=float, nargs="+", default=None, metavar="S",
                    help="record in the model's metadata that it is best predicted with multi-scale + flip TTA at these "
                    "scales (semseg predict and Predictor then use them unless told otherwise)")
-    p.add_argument("--dynamic", action="store_true", help="accept any height and width (else only --size)")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--dynamic", action="store_true", default=None,
+                       help="accept any height and width (the default, where the model allows it)")
+    shape.add_argument("--fixed", dest="dynamic", action="store_false",
+                       help="accept --size only (prediction then tiles images at native resolution, padding small ones)")
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="export (and check) size")
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(handler=_run_export)
@@ -45,7 +49,13 @@ def _run_export(args: argparse.Namespace) -> int:
         print(f"parity with the original weights {agreement}")
     else:
         size = report["size"]
-        shape = "dynamic height and width" if args.dynamic else f"{size[0]}x{size[1]} inputs"
+        shape = "dynamic height and width" if report["dynamic"] else f"{size[0]}x{size[1]} inputs"
         print(f"exported {model.model_name} to {args.out} ({shape}, opset {args.opset})")
         print(f"parity with PyTorch {agreement}")
+        workflow = f"semseg predict --onnx on {report['workflow_frames']} street frames at native size: labels equal to"
+        if "graph_agreement" in report:
+            print(f"{workflow} the PyTorch model in the same tiles on {100 * report['graph_agreement']:.3f}% of pixels, "
+                  f"to semseg predict on the PyTorch model on {100 * report['workflow_agreement']:.3f}%")
+        else:
+            print(f"{workflow} semseg predict on the PyTorch model on {100 * report['workflow_agreement']:.3f}% of pixels")
     return 0

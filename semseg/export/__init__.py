@@ -18,21 +18,22 @@ from torch import nn
 from semseg.errors import SemsegError
 from semseg.export.checkpoint import PROVENANCE_KEYS, export_checkpoint, export_checkpoint_checked
 from semseg.export.onnx import DEFAULT_EXPORT_SIZE, NOT_EXPORTABLE, check_parity, export_checked, export_onnx, fixed_size_only
-from semseg.export.parity import PARITY_MIN_AGREEMENT, compare_logits, parity_inputs
+from semseg.export.parity import PARITY_MIN_AGREEMENT, compare_logits, compare_workflow, parity_inputs, workflow_frames
 from semseg.meta import ModelMeta, check_tta_scales
 from semseg.predict.functional import Size, as_size
 
 ExportFormat = Literal["onnx", "semseg"]
 
 
-def check_export_options(fmt: str, half: bool = False, dynamic: bool = False) -> None:
+def check_export_options(fmt: str, half: bool = False, dynamic: bool | None = None) -> None:
     """SemsegError for a format semseg does not export, or an option that does not apply to ``fmt``."""
     if fmt not in get_args(ExportFormat):
         raise SemsegError(f"unknown export format {fmt!r}; semseg exports onnx and semseg (an inference checkpoint)")
     if half and fmt != "semseg":
         raise SemsegError("--half applies to --format semseg (an ONNX graph is exported in float32)")
-    if dynamic and fmt != "onnx":
-        raise SemsegError("--dynamic applies to --format onnx (a semseg checkpoint takes any size)")
+    if dynamic is not None and fmt != "onnx":
+        flag = "--dynamic" if dynamic else "--fixed"
+        raise SemsegError(f"{flag} applies to --format onnx (a semseg checkpoint takes any size)")
 
 
 def export_model(
@@ -40,7 +41,7 @@ def export_model(
     out: str | os.PathLike,
     fmt: ExportFormat = "onnx",
     size: Size | None = None,
-    dynamic: bool = False,
+    dynamic: bool | None = None,
     opset: int = 17,
     half: bool = False,
     tta_scales: Sequence[float] | None = None,
@@ -49,7 +50,8 @@ def export_model(
     """Export ``model`` to ``out`` in format ``fmt`` and check it; returns the parity report plus ``size``.
 
     ``size``: the export (and check) size, default the model's input size, else
-    512x512. ``dynamic`` (onnx): any height and width. ``half`` (semseg): float16
+    512x512. ``dynamic`` (onnx): any height and width (True), the export size
+only (False), or any where the model allows it (None). ``half`` (semseg): float16
     weights. ``tta_scales``: recorded in the metadata as the recommended TTA.
     ``provenance``: entries of the training checkpoint an inference checkpoint keeps.
     """
@@ -73,6 +75,7 @@ __all__ = [
     "PROVENANCE_KEYS",
     "check_parity",
     "compare_logits",
+    "compare_workflow",
     "export_checked",
     "export_checkpoint",
     "export_checkpoint_checked",
@@ -80,4 +83,5 @@ __all__ = [
     "export_onnx",
     "fixed_size_only",
     "parity_inputs",
+    "workflow_frames",
 ]

@@ -1,5 +1,11 @@
 """ONNX export: a graph ``image float[N,3,H,W] -> logits float[N,C,H,W]`` carrying the model's metadata, checked.
 
+Graphs take any height and width by default, so that ``semseg predict --onnx``
+runs them at each image's size exactly as ``semseg predict`` runs the PyTorch
+model; a model that cannot take any size (PSPNet's grid pooling), or a user
+who asks for it, gets a graph of one size, which prediction slides over the
+image in tiles of that size, padding where the image is smaller.
+
 The export uses PyTorch's TorchScript-based exporter (``dynamo=False``), which
 exports every curated zoo model, the in-model padding to the stride included;
 its graphs run in ONNX Runtime at any size when exported ``dynamic``. A model
@@ -7,13 +13,15 @@ it cannot trace at a fixed size goes through ``torch.export`` instead. The
 metadata (the model's :class:`~semseg.meta.ModelMeta`, plus ``model_name`` and
 ``dynamic``) is stored as JSON strings in the graph's ``metadata_props``, so
 ``semseg predict --onnx`` needs no PyTorch model code. :func:`export_checked`
-compares ONNX Runtime's logits with PyTorch's (:mod:`semseg.export.parity`).
+compares ONNX Runtime's logits with PyTorch's, and the labels of the whole
+prediction workflow (:mod:`semseg.export.parity`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -23,7 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.export.parity import compare_logits, fail_unless_parity, parity_inputs
+from semseg.export.parity import (
+    PARITY_MIN_AGREEMENT, compare_logits, compare_workflow, fail_unless_parity, parity_inputs, workflow_frames,
+)
 from semseg.io import write_bytes_atomic
 from semseg.meta import ModelMeta
 from semseg.predict.functional import Size, as_size
@@ -34,25 +44,37 @@ DEFAULT_EXPORT_SIZE = (512, 512)
 # exports and passes the parity check (tests/test_export.py checks them all).
 NOT_EXPORTABLE: dict[str, str] = {}
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+log = logging.getLogger(__name__)
 
 
 def export_onnx(
-    model: nn.Module, path: str | os.PathLike, input_size: Size = DEFAULT_EXPORT_SIZE, dynamic: bool = False, opset: int = 17
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: Size = DEFAULT_EXPORT_SIZE,
+    dynamic: bool | None = None,
+    opset: int = 17,
 ) -> Path:
     """Write ``model`` as an ONNX graph ``image float[N,3,H,W] -> logits float[N,C,H,W]`` with its metadata.
 
-    The batch dimension is always dynamic; height and width only with
-    ``dynamic=True`` (else the graph takes ``input_size`` alone). The file is
-    written atomically. Returns ``path``.
+    The batch dimension is always dynamic. Height and width: any with
+    ``dynamic=True``, ``input_size`` alone with ``False``; ``None`` (the
+    default) means any where the model allows it, else ``input_size`` with a
+    warning saying why. The file is written atomically. Returns ``path``.
     """
     import onnx
 
     name = getattr(model, "model_name", None) or type(model).__name__
     if name in NOT_EXPORTABLE:
         raise SemsegError(f"model {name} cannot be exported to ONNX: {NOT_EXPORTABLE[name]}")
-    if dynamic and (reason := fixed_size_only(model)):
+    reason = fixed_size_only(model)
+    if dynamic and reason:
         raise SemsegError(f"model {name} cannot be exported with --dynamic: {reason}; export it for one --size H W")
     height, width = as_size(input_size, "input size")
+    if dynamic is None:
+        dynamic = reason is None
+        if reason:
+            log.warning("model %s is exported for %dx%d inputs only: %s; prediction tiles larger images and pads "
+                        "smaller ones to that size", name, height, width, reason)
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     example = torch.randn(1, 3, height, width)
     try:
@@ -161,11 +183,36 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike, inputs: Sequenc
 
 
 def export_checked(
-    model: nn.Module, path: str | os.PathLike, input_size: Size = DEFAULT_EXPORT_SIZE, dynamic: bool = False, opset: int = 17
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: Size = DEFAULT_EXPORT_SIZE,
+    dynamic: bool | None = None,
+    opset: int = 17,
 ) -> dict[str, Any]:
-    """Export, then check parity on :func:`parity_inputs`; a failed check removes the file and raises."""
+    """Export, then check it; a failed check removes the file and raises.
+
+    Two checks: the graph's logits against PyTorch's on :func:`parity_inputs`,
+    and the labels of the prediction workflow on the shipped street frames
+    (:func:`compare_workflow`). For a graph that takes any size the workflow
+    labels must agree with ``semseg predict`` on the PyTorch model; a graph of
+    one size must agree with the PyTorch model run through the same tiles, and
+    a warning says how far tiling moves its labels from the PyTorch model's.
+    Returns the logits report with ``dynamic`` and the workflow agreements.
+    """
     path = export_onnx(model, path, input_size, dynamic, opset)
     meta = ModelMeta.of(model)
+    session = OnnxModel(path, device="cpu")
+    dynamic = session.dynamic
     report = check_parity(model, path, parity_inputs(as_size(input_size, "input size"), meta.mean, meta.std, dynamic))
     fail_unless_parity(report, path, "ONNX Runtime agrees with PyTorch")
-    return report
+    workflow = compare_workflow(model, session, workflow_frames())
+    key = "workflow_agreement" if dynamic else "graph_agreement"
+    who = "semseg predict --onnx agrees with semseg predict on the PyTorch model"
+    if not dynamic:
+        who = "semseg predict --onnx agrees with the PyTorch model run in the same tiles"
+    fail_unless_parity({**report, "agreement": workflow[key]}, path, who)
+    if not dynamic and workflow["workflow_agreement"] < PARITY_MIN_AGREEMENT:
+        log.warning("a graph of one size predicts the sample street frames unlike the PyTorch model at native size "
+                    "on %.2f%% of pixels (its tiles see less context); export with --dynamic where the model allows it",
+                    100 * (1 - workflow["workflow_agreement"]))
+    return {**report, **workflow, "dynamic": dynamic}

@@ -4,6 +4,11 @@ The inputs are normalized batches of random noise, flat grey, gradients, a
 checkerboard and a street frame shipped in the package (and, for a graph that
 takes any size, an odd size). An argmax agreement below
 :data:`PARITY_MIN_AGREEMENT` fails the export and removes its file.
+
+The logits of a graph are not all a user sees: :func:`compare_workflow` runs
+the street frames shipped in the package, at their native size, through
+:class:`~semseg.predict.Predictor` with its defaults (what ``semseg predict``
+does) on the export and on the PyTorch model in fp32, and compares the labels.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from torch import Tensor, nn
 
 from semseg.errors import SemsegError
 from semseg.io import list_images, read_image
+from semseg.meta import ModelMeta
 from semseg.predict.functional import Size
 from semseg.predict.images import normalize
+from semseg.predict.predictor import Predictor
 
 PARITY_MIN_AGREEMENT = 0.999
 
@@ -46,9 +53,13 @@ def parity_inputs(input_size: Size, mean: Sequence[float], std: Sequence[float],
     return [normalize(batch, mean, std) for batch in batches]
 
 
+def _demo_frames(split: str) -> list[Path]:
+    return list_images(Path(str(resources.files("semseg"))) / "assets" / "demo" / split)
+
+
 def _street_frame(size: Size) -> Tensor:
     """A CamVid frame shipped in the package, resized to ``size``: uint8 ``[1, 3, H, W]``."""
-    frame = list_images(Path(str(resources.files("semseg"))) / "assets" / "demo" / "val")[0]
+    frame = _demo_frames("val")[0]
     rgb = Image.fromarray(read_image(frame)).resize((size[1], size[0]), Image.BILINEAR)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)[None]
 
@@ -81,3 +92,44 @@ def fail_unless_parity(report: dict[str, Any], path: Path, who_agrees: str) -> N
             f"{path}: parity check failed: {who_agrees} on {100 * report['agreement']:.3f}% of pixels "
             f"(needs {100 * PARITY_MIN_AGREEMENT:.1f}%), max logit difference {report['max_abs_diff']:.3g}; file removed"
         )
+
+
+def workflow_frames() -> list[np.ndarray]:
+    """The street frames shipped in the package (validation and test), uint8 ``[H, W, 3]`` at their native size."""
+    return [read_image(path) for split in ("val", "test") for path in _demo_frames(split)]
+
+
+class _AtFixedSize:
+    """A PyTorch model presented as a graph that takes ``size`` only, so that a Predictor tiles and pads for it."""
+
+    def __init__(self, model: nn.Module, size: Size) -> None:
+        self.model, self.fixed_input_size, self.pretrained_cfg = model, tuple(size), ModelMeta.of(model)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+
+def compare_workflow(model: nn.Module, session: Any, frames: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Labels of ``Predictor(session)`` against ``Predictor(model, precision="fp32")`` on ``frames``, both with defaults.
+
+    Returns ``workflow_agreement`` (fraction of equal labels), and for a graph
+    of one fixed size also ``graph_agreement``: against the PyTorch model run
+    through the same tiles and padding, which isolates the graph from the
+    effect of tiling (the one that must reach :data:`PARITY_MIN_AGREEMENT`).
+    """
+    model = model.eval().cpu().to(memory_format=torch.contiguous_format)
+    exported = Predictor(session, device="cpu")
+    plain = Predictor(model, precision="fp32", device="cpu")
+    fixed = getattr(session, "fixed_input_size", None)
+    tiled = Predictor(_AtFixedSize(model, fixed), device="cpu") if fixed else None
+    same = same_tiled = pixels = 0
+    for frame in frames:
+        labels = exported(frame)
+        same += int((labels == plain(frame)).sum())
+        if tiled is not None:
+            same_tiled += int((labels == tiled(frame)).sum())
+        pixels += labels.size
+    report = {"workflow_agreement": same / pixels, "workflow_frames": len(frames)}
+    if tiled is not None:
+        report["graph_agreement"] = same_tiled / pixels
+    return report

@@ -50,6 +50,23 @@ def predict_whole(model: ModelFn, images: Tensor, size: Size | None = None) -> T
     return resize_back(model(inputs).float(), (height, width))
 
 
+def run_padded(model: ModelFn, images: Tensor, size: Size) -> Tensor:
+    """Logits ``[N, C, h, w]`` of normalized ``images [N, 3, h, w]`` (h, w <= ``size``) from a model that takes ``size`` only.
+
+    The images are zero-padded on the bottom and right to ``size`` (zero is the
+    mean colour once normalized: the padding models apply to reach their
+    stride), and the logits are cropped back. Used to run fixed-size graphs at
+    the image's native resolution instead of resizing the image.
+    """
+    height, width = images.shape[-2:]
+    if (height, width) == tuple(size):
+        return model(images)
+    if height > size[0] or width > size[1]:
+        raise SemsegError(f"a {height}x{width} input does not fit the model's fixed {size[0]}x{size[1]} size")
+    padded = F.pad(images, (0, size[1] - width, 0, size[0] - height))
+    return model(padded)[..., :height, :width]
+
+
 def tta(
     predict_probs: Callable[[Tensor], Tensor],
     images: Tensor,

@@ -12,6 +12,11 @@ the modes below and returns a label map at the image's original size.
 - ``tta``: any of the two at several scales and mirrored, softmax probabilities
   averaged.
 
+A graph exported for one size (``fixed_input_size``) runs at the image's
+native resolution: in whole mode it slides tiles of its size over the image,
+each zero-padded to that size where the image is smaller; it never resizes the
+image unless ``size`` asks for it.
+
 ``precision="fp32"`` is the plain recipe (PIL, ToTensor, Normalize, model,
 argmax) to the last bit; ``auto`` adds channels_last and, where the hardware
 computes bf16 natively, bf16 autocast.
@@ -29,7 +34,9 @@ from torch import Tensor, nn
 
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta, check_tta_scales
-from semseg.predict.functional import DEFAULT_TTA_SCALES, ModelFn, Size, as_size, predict_whole, resize_back, resize_images, tta
+from semseg.predict.functional import (
+    DEFAULT_TTA_SCALES, ModelFn, Size, as_size, predict_whole, resize_back, resize_images, run_padded, tta,
+)
 from semseg.predict.images import ImageLike, load_rgb, normalize, to_chw
 from semseg.predict.tiling import BLENDS, check_window, slide_window, slide_window_bands
 from semseg.reports.viz import generate_palette
@@ -128,20 +135,28 @@ class Predictor:
 
     def _setup_window(self, crop: Size | None, stride: Size | None, model: Any) -> None:
         fixed = getattr(model, "fixed_input_size", None)  # an ONNX graph exported for one size
+        self.fixed = as_size(fixed, "the model's fixed input size")
         self.crop = as_size(crop, "crop")
-        if self.mode == "slide":
-            self.crop = self.crop or fixed or self.meta.input_size
+        self.stride = as_size(stride, "stride")
+        # a fixed-size graph runs at the image's native resolution: in tiles of its size, each padded to
+        # it where the image is smaller; resizing the image would change the labels (it did on 10-30% of pixels)
+        self.windowed = self.mode == "slide" or (self.fixed is not None and self.size is None)
+        if self.windowed:
+            self.crop = self.crop or self.fixed or self.meta.input_size
             if self.crop is None:
                 raise SemsegError("slide mode needs a crop size (--crop H W); the model names no input size")
-            self.stride = as_size(stride, "stride") or tuple(c - c // 3 for c in self.crop)
+            self.stride = self.stride or tuple(c - c // 3 for c in self.crop)
             check_window(self.crop, self.stride)
-        else:
-            self.stride = as_size(stride, "stride")
-            self.size = self.size or fixed
-        if fixed and self.tta:
-            raise SemsegError(f"this ONNX model only takes {fixed[0]}x{fixed[1]} inputs; TTA needs one exported with --dynamic")
-        if fixed and self.mode == "slide" and tuple(self.crop) != tuple(fixed):
-            raise SemsegError(f"this ONNX model only takes {fixed[0]}x{fixed[1]} inputs; use --crop {fixed[0]} {fixed[1]}")
+        if self.fixed is None:
+            return
+        height, width = self.fixed
+        if self.tta:
+            raise SemsegError(f"this ONNX model only takes {height}x{width} inputs; TTA needs one exported with --dynamic")
+        if self.size is not None and self.size != self.fixed:
+            raise SemsegError(f"this ONNX model only takes {height}x{width} inputs; use --size {height} {width}, "
+                              "or leave --size out to predict at native resolution")
+        if self.windowed and (self.crop[0] > height or self.crop[1] > width):
+            raise SemsegError(f"this ONNX model only takes {height}x{width} inputs; use a --crop of at most {height} {width}")
 
     def _setup_compute(self, model: Any, precision: str, device: str) -> None:
         if isinstance(model, nn.Module):
@@ -164,6 +179,8 @@ class Predictor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.precision, self.device):
+            if self.fixed is not None:
+                return run_padded(self.model, images, self.fixed).float()
             return self.model(images).float()
 
     def preprocess(self, images: Tensor) -> Tensor:
@@ -173,12 +190,12 @@ class Predictor:
     def _scores(self, images: Tensor) -> tuple[Tensor, bool]:
         """Scores ``[N, C, H, W]`` of uint8 ``images``, and whether they are logits (else probabilities)."""
         inputs = self.preprocess(images)
-        if self.mode == "whole" and not self.tta:
+        if not self.windowed and not self.tta:
             return predict_whole(self.forward, inputs, self.size), True
-        if self.mode == "whole":
-            probs = lambda x: self.forward(x).softmax(1)  # noqa: E731
-        else:
+        if self.windowed:
             probs = lambda x: torch.stack([self._slide(image) for image in x])  # noqa: E731
+        else:
+            probs = lambda x: self.forward(x).softmax(1)  # noqa: E731
         if self.tta:
             return tta(probs, inputs, self.scales, self.flip, self.size), False
         height, width = inputs.shape[-2:]  # slide at --size, then back
@@ -199,7 +216,7 @@ class Predictor:
         ``probs``: True for in-memory probabilities, or a function giving the
         ``[C, H, W]`` float32 array to fill (e.g. a ``.npy`` memory map).
         """
-        if self.mode == "slide" and not self.tta and self.size is None:
+        if self.windowed and not self.tta and self.size is None:
             return [self._predict_bands(image, confidence, probs) for image in images]
         results = []
         for group in same_size_groups(images, self.batch_size):
