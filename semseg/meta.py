@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 from semseg.errors import SemsegError
 
+Size = tuple[int, int]
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -109,3 +111,13 @@ def check_tta_scales(scales: Sequence[float], name: str = "tta scales") -> tuple
     if not scales or min(scales) <= 0:
         raise SemsegError(f"{name} must be positive numbers, got {list(scales)}")
     return tuple(float(s) for s in scales)
+
+
+def as_size(value: int | Sequence[int] | None, name: str) -> Size | None:
+    """``value`` (one int or a (height, width) pair) as a pair; SemsegError unless both are positive integers."""
+    if value is None:
+        return None
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise SemsegError(f"{name} must be two positive integers (height width), got {value!r}")
+    return int(pair[0]), int(pair[1])

@@ -76,3 +76,9 @@ def browser(tmp_path) -> Iterator[object]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_a_temporary_folder(tmp_path_factory, monkeypatch):
+    """Models converted by prediction backends go to one folder per test session, never to the user's cache."""
+    monkeypatch.setenv("SEMSEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "semseg-cache"))

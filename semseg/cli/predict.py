@@ -16,6 +16,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/labels, DIR/overlays (and confidence, probs)")
     add_model_source(p)
     p.add_argument("--onnx", default=None, metavar="FILE", help="an exported model, run with ONNX Runtime")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="what runs the model: auto (default) converts it once and uses ONNX Runtime where its labels "
+                   "equal PyTorch fp32's on 99.9%% of pixels and it is faster; torch; onnxruntime")
     p.add_argument("--mode", choices=["whole", "slide"], default="whole")
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="run the model at this size")
     p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="slide mode tile size")
@@ -40,6 +43,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from semseg.predict import Predictor, describe_tta, predict_files, resolve_sources
+    from semseg.predict.backends import load_for_prediction
     from semseg.predict.files import check_label_format
     from semseg.runtime import OnnxModel
 
@@ -48,11 +52,12 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.onnx is not None:
         if args.checkpoint or args.model:
             raise SemsegError("--onnx FILE runs an exported model; it does not combine with --checkpoint or --model")
+        if args.backend == "torch":
+            raise SemsegError("--onnx FILE runs in ONNX Runtime; --backend torch needs --checkpoint or --model")
         model: Any = OnnxModel(args.onnx, device=args.device)
     else:
-        from semseg.models import load_torch_model  # the zoo's imports take seconds: only when a torch model is used
-
-        model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
+        model, _ = load_for_prediction(args.checkpoint, args.model, args.weights, args.num_classes, args.backend,
+                                       args.precision, args.device)
     predictor = Predictor(
         model,
         mode=args.mode,
@@ -69,7 +74,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     )
     failed = predict_files(predictor, files, args.out, args.confidence, args.probs, args.workers, args.label_format)
     print(f"predicted {len(files) - len(failed)} of {len(files)} images into {args.out} ({args.mode} mode, "
-          f"{predictor.precision}, {describe_tta(predictor, args.tta)})")
+          f"{predictor.backend} {predictor.precision}, {describe_tta(predictor, args.tta)})")
     if failed:
         print(f"semseg: {len(failed)} image(s) could not be read: {', '.join(str(f) for f in failed)}", file=sys.stderr)
         return 1

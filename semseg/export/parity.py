@@ -13,7 +13,6 @@ does) on the export and on the PyTorch model in fp32, and compares the labels.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,9 +22,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.io import list_images, read_image
-from semseg.meta import ModelMeta
-from semseg.predict.functional import Size
+from semseg.meta import ModelMeta, Size
+from semseg.predict.backends import sample_frames as workflow_frames  # the shipped street frames, native size
 from semseg.predict.images import normalize
 from semseg.predict.predictor import Predictor
 
@@ -53,14 +51,9 @@ def parity_inputs(input_size: Size, mean: Sequence[float], std: Sequence[float],
     return [normalize(batch, mean, std) for batch in batches]
 
 
-def _demo_frames(split: str) -> list[Path]:
-    return list_images(Path(str(resources.files("semseg"))) / "assets" / "demo" / split)
-
-
 def _street_frame(size: Size) -> Tensor:
     """A CamVid frame shipped in the package, resized to ``size``: uint8 ``[1, 3, H, W]``."""
-    frame = _demo_frames("val")[0]
-    rgb = Image.fromarray(read_image(frame)).resize((size[1], size[0]), Image.BILINEAR)
+    rgb = Image.fromarray(workflow_frames()[0]).resize((size[1], size[0]), Image.BILINEAR)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)[None]
 
 
@@ -92,11 +85,6 @@ def fail_unless_parity(report: dict[str, Any], path: Path, who_agrees: str) -> N
             f"{path}: parity check failed: {who_agrees} on {100 * report['agreement']:.3f}% of pixels "
             f"(needs {100 * PARITY_MIN_AGREEMENT:.1f}%), max logit difference {report['max_abs_diff']:.3g}; file removed"
         )
-
-
-def workflow_frames() -> list[np.ndarray]:
-    """The street frames shipped in the package (validation and test), uint8 ``[H, W, 3]`` at their native size."""
-    return [read_image(path) for split in ("val", "test") for path in _demo_frames(split)]
 
 
 class _AtFixedSize:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from semseg.errors import SemsegError
-from semseg.meta import check_tta_scales
+from semseg.meta import Size, as_size, check_tta_scales
 
-Size = tuple[int, int]
 ModelFn = Callable[[Tensor], Tensor]
 DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 
@@ -93,13 +91,3 @@ def tta(
             total = probs if total is None else total + probs
             count += 1
     return total / count
-
-
-def as_size(value: int | Sequence[int] | None, name: str) -> Size | None:
-    """``value`` (one int or a (height, width) pair) as a pair; SemsegError unless both are positive integers."""
-    if value is None:
-        return None
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
-        raise SemsegError(f"{name} must be two positive integers (height width), got {value!r}")
-    return int(pair[0]), int(pair[1])

@@ -37,6 +37,7 @@ from semseg.meta import ModelMeta, check_tta_scales
 from semseg.predict.functional import (
     DEFAULT_TTA_SCALES, ModelFn, Size, as_size, predict_whole, resize_back, resize_images, run_padded, tta,
 )
+from semseg.predict.backends import resolve_backend
 from semseg.predict.images import ImageLike, load_rgb, normalize, to_chw
 from semseg.predict.tiling import BLENDS, check_window, slide_window, slide_window_bands
 from semseg.reports.viz import generate_palette
@@ -76,6 +77,10 @@ class Predictor:
     ``mean``/``std`` default to the model's ``pretrained_cfg`` (ImageNet's without one).
     ``precision``: ``auto`` (channels_last, plus bf16 autocast where bf16 is
     native), ``fp32`` (the plain recipe, bit for bit), ``bf16``.
+    ``backend``: ``torch``, ``onnxruntime`` (the model converted, cached by its
+    weights' hash) or ``auto`` (the fastest of the two whose labels equal PyTorch
+    fp32's on 99.9% of pixels; see :mod:`semseg.predict.backends`); None runs
+    ``model`` as given. ``self.backend`` says which runs.
     A ``torch.nn.Module`` is put in eval mode and moved to ``device`` in place.
     """
 
@@ -95,7 +100,12 @@ class Predictor:
         precision: str = "auto",
         device: str = "auto",
         batch_size: int | None = None,
+        backend: str | None = None,
     ) -> None:
+        if backend is not None:
+            model, self.backend = resolve_backend(model, backend, precision, device)
+        else:
+            self.backend = "torch" if isinstance(model, nn.Module) else "onnxruntime"
         self.meta = ModelMeta.of(model)
         # without a known class count, colour every id a uint8 label map can hold
         self.palette = self.meta.palette or generate_palette(self.meta.num_classes or 256)

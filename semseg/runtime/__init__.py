@@ -1,10 +1,12 @@
-"""How a model is run: torch devices and precision, and sessions of exported graphs (ONNX Runtime).
+"""How a model is run: torch devices and precision, sessions of exported graphs (ONNX Runtime), converting and caching.
 
 Below both :mod:`semseg.predict` and :mod:`semseg.export`. A *session* is any
 object that :class:`semseg.predict.Predictor` can run in place of a torch
 model; it follows :class:`Session`. :class:`OnnxModel` is the one shipped; a
 new backend (OpenVINO, TensorRT) is one more module here with a class of the
-same shape (docs/architecture.md shows how).
+same shape (docs/architecture.md shows how). :mod:`~semseg.runtime.convert`
+writes a torch model as an ONNX graph; :mod:`~semseg.runtime.cache` keeps
+converted graphs keyed by the weights' hash.
 """
 
 from __future__ import annotations
