@@ -225,3 +225,8 @@ def test_predict_cli_backend_errors(toy_checkpoint, tmp_path, capsys, monkeypatc
     assert main(["predict", str(images), "--checkpoint", str(toy_checkpoint), "--backend", "onnxruntime",
                  "--out", str(tmp_path / "o")]) == 2
     assert "pip install 'semseg[onnx]'" in capsys.readouterr().err
+
+
+def test_onnxruntime_threads_follow_omp_num_threads(toy_session, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert OnnxModel(toy_session.path).session.get_session_options().intra_op_num_threads == 1

@@ -15,6 +15,7 @@ import sys
 from typing import Callable, Sequence
 
 from semseg.cli.app import add_app
+from semseg.cli.benchmark import add_benchmark
 from semseg.cli.configs import add_configs
 from semseg.cli.console import setup_logging
 from semseg.cli.data import add_data
@@ -25,7 +26,7 @@ from semseg.cli.train import add_demo, add_train, add_val
 from semseg.errors import SemsegError
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_train, add_val, add_predict, add_score, add_data, add_export, add_demo, add_configs, add_app,
+    add_train, add_val, add_predict, add_score, add_data, add_export, add_demo, add_configs, add_app, add_benchmark,
 ]
 ACCEPTS_OVERRIDES = {"train", "val"}
 

@@ -39,7 +39,8 @@ class OnnxModel:
     is the :class:`ModelMeta` read from the file (ImageNet mean/std when it has
     none), ``model_name`` the zoo name it was exported from; ``fixed_input_size``
     is ``(H, W)`` for a graph exported without ``dynamic`` (else None), and a
-    graph exported for batch 1 is fed one image at a time.
+    graph exported for batch 1 is fed one image at a time. ONNX Runtime uses
+    one thread per physical core, or ``$OMP_NUM_THREADS`` where set (as PyTorch does).
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "auto") -> None:
@@ -51,8 +52,12 @@ class OnnxModel:
         providers = ["CPUExecutionProvider"]
         if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        if threads.isdigit() and int(threads) > 0:  # the limit PyTorch obeys too, so the two compare like for like
+            options.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(str(self.path), providers=providers)
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception classes (Fail, InvalidGraph, ...)
             raise SemsegError(f"{self.path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
         props = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map)

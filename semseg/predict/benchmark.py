@@ -1,0 +1,193 @@
+"""``semseg benchmark``: each way this machine can run a model, side by side on a folder of images.
+
+For every available backend (PyTorch fp32, the plain reference; PyTorch as
+``semseg predict`` runs it, channels_last and bf16 where native; ONNX Runtime
+on the model converted to a graph of any size), one row: the file that is
+deployed and its size, milliseconds per image in steady state (the median),
+images per second over the folder, the share of pixels whose label equals
+PyTorch fp32's and, with ground truth, the mIoU. The row ``auto`` would pick is
+marked.
+
+The backends take turns image by image (each image is decoded once, then
+predicted by every backend in turn), so that a shared, noisy machine slows
+them alike; one warm-up prediction per backend is not timed. Times cover
+prediction (normalization, the model, the argmax at the original size), not
+decoding or writing files. Prediction runs whole images without TTA, the way
+deployments are usually timed.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from semseg.errors import SemsegError
+from semseg.io import read_image, read_label_map, write_text_atomic
+from semseg.meta import ModelMeta, check_ignore_index
+from semseg.metrics.confusion import ConfusionMatrix
+from semseg.metrics.counting import LabelValueError
+from semseg.predict.backends import LOSSLESS_AGREEMENT, file_key, model_key, onnx_conversion, onnxruntime_available
+from semseg.predict.files import resolve_sources
+from semseg.predict.predictor import Predictor
+from semseg.progress import Progress
+from semseg.runtime.convert import fixed_size_only
+from semseg.runtime.onnx import OnnxModel
+
+log = logging.getLogger(__name__)
+COLUMNS = ("backend", "file", "size_mb", "ms_per_image", "images_per_s", "agreement", "miou", "auto")
+
+
+def benchmark(
+    sources: Sequence[str],
+    labels: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    model_name: str | None = None,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
+) -> list[dict[str, Any]]:
+    """One row per available backend (see the module docstring), keys :data:`COLUMNS`.
+
+    ``sources``: images, folders or globs, as ``semseg predict`` takes them.
+    ``labels``: a folder of ground-truth label maps matched to the images by
+    name stem; without it ``miou`` is None. ``ignore_index``: the label value
+    not scored (default: the model's; CamVid's void is 11). The model is the one a command
+    names: a checkpoint, a zoo name with raw weights, or the default model.
+    """
+    from semseg.models.factory import default_model_path, load_torch_model  # the zoo imports take seconds
+
+    files = resolve_sources(sources)
+    truths = _ground_truths(files, labels) if labels is not None else None
+    model = load_torch_model(checkpoint, model_name, weights, num_classes)
+    source = Path(checkpoint or weights or default_model_path())
+    meta = ModelMeta.of(model)
+    runs = _runs(model, source, model_name, num_classes)
+    scores = {name: _matrix(meta, ignore_index) for name in runs} if truths is not None else None
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    same = dict.fromkeys(runs, 0)
+    pixels = 0
+    with Progress(len(files), "benchmark", unit="img", logger=log) as progress:
+        for index, path in enumerate(files):
+            image = read_image(path)
+            results = {}
+            for name, run in runs.items():
+                if index == 0:  # warm-up: first-call allocations, lazy initialization, caches
+                    run["predictor"](image)
+                start = time.perf_counter()
+                results[name] = run["predictor"](image)
+                times[name].append(time.perf_counter() - start)
+            reference = results["torch-fp32"]
+            truth = read_label_map(truths[path.stem]) if truths is not None else None
+            pixels += reference.size
+            for name, labels_map in results.items():
+                same[name] += int((labels_map == reference).sum())
+                if scores is not None:
+                    _update(scores[name], labels_map, truth, truths[path.stem])
+            progress.update(1)
+    rows = []
+    for name, run in runs.items():
+        rows.append({
+            "backend": name,
+            "file": str(run["file"]),
+            "size_mb": round(Path(run["file"]).stat().st_size / 1e6, 2),
+            "ms_per_image": round(1000 * statistics.median(times[name]), 2),
+            "images_per_s": round(len(files) / sum(times[name]), 3),
+            "agreement": same[name] / pixels,
+            "miou": float(scores[name].compute()["miou"]) if scores is not None else None,
+            "auto": run["auto"],
+        })
+    return rows
+
+
+def _runs(model: Any, source: Path, model_name: str | None, num_classes: int | None) -> dict[str, dict[str, Any]]:
+    """The backends to compare: a predictor each, the file it deploys, and whether ``auto`` picks it."""
+    choice, session, graph = "torch", None, None
+    if not onnxruntime_available():
+        log.warning("ONNX Runtime is not installed (pip install 'semseg[onnx]'): benchmarking PyTorch only")
+    elif reason := fixed_size_only(model):
+        log.warning("no ONNX Runtime row: the model cannot be converted to a graph of any size (%s)", reason)
+    else:  # converted (or found in the cache) first: the conversion's own timing moves the model between layouts
+        key = file_key(source, model_name, num_classes) if source.is_file() else model_key(model)
+        record = onnx_conversion(model, key)
+        choice, graph = record["choice"], record["path"]
+        session = OnnxModel(graph, device="cpu")
+    # a Predictor sets its model's memory layout (contiguous for fp32, channels_last otherwise): the fp32
+    # reference gets a copy of its own, so that the two torch rows do not undo each other's layout
+    runs = {
+        "torch-fp32": {"predictor": Predictor(copy.deepcopy(model), precision="fp32", tta=False, device="cpu"),
+                       "file": source},
+        "torch": {"predictor": Predictor(model, precision="auto", tta=False, device="cpu"), "file": source},
+    }
+    if session is not None:
+        runs["onnxruntime"] = {"predictor": Predictor(session, tta=False), "file": graph}
+    for name, run in runs.items():
+        run["auto"] = name == choice
+    return runs
+
+
+def _ground_truths(files: Sequence[Path], labels: str | os.PathLike) -> dict[str, Path]:
+    """The ground-truth label map of each image (by name stem); SemsegError naming the first image without one."""
+    folder = Path(labels)
+    if not folder.is_dir():
+        raise SemsegError(f"{folder}: label folder not found")
+    by_stem = {path.stem: path for path in sorted(folder.iterdir()) if path.is_file()}
+    missing = [path for path in files if path.stem not in by_stem]
+    if missing:
+        raise SemsegError(f"{missing[0]}: no label map of the same name in {folder} ({len(missing)} such images)")
+    return {path.stem: by_stem[path.stem] for path in files}
+
+
+def _matrix(meta: ModelMeta, ignore_index: int | None) -> ConfusionMatrix:
+    if meta.num_classes is None:
+        raise SemsegError("the model does not say how many classes it has, so its mIoU cannot be counted")
+    ignore = meta.ignore_index if ignore_index is None else check_ignore_index(ignore_index, meta.num_classes,
+                                                                               "--ignore-index")
+    return ConfusionMatrix(meta.num_classes, ignore)
+
+
+def _update(matrix: ConfusionMatrix, pred: np.ndarray, truth: np.ndarray, truth_path: Path) -> None:
+    if pred.shape != truth.shape:
+        raise SemsegError(f"{truth_path}: label map is {truth.shape[1]}x{truth.shape[0]} (WxH) but its image is "
+                          f"{pred.shape[1]}x{pred.shape[0]}")
+    try:
+        matrix.update(pred, truth)
+    except LabelValueError as exc:
+        raise SemsegError(f"{truth_path}: {exc}") from None
+
+
+def write_benchmark(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``rows`` as ``out/benchmark.csv`` and ``out/benchmark.json`` (atomically); returns both paths."""
+    folder = Path(out)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path, json_path = folder / "benchmark.csv", folder / "benchmark.json"
+    write_text_atomic(csv_path, buffer.getvalue())
+    write_text_atomic(json_path, json.dumps(list(rows), indent=2))
+    return csv_path, json_path
+
+
+def format_benchmark(rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of ``rows``, ``auto``'s pick marked with ``*``."""
+    header = ["backend", "size MB", "ms/image", "images/s", "= fp32", "mIoU"]
+    lines = [[("* " if row["auto"] else "  ") + row["backend"], f"{row['size_mb']:.1f}", f"{row['ms_per_image']:.1f}",
+              f"{row['images_per_s']:.2f}", f"{100 * row['agreement']:.3f}%",
+              "-" if row["miou"] is None else f"{100 * row['miou']:.2f}"] for row in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    table = [header, *lines]
+    text = "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+                     for line in table)
+    lossy = [row["backend"] for row in rows if row["agreement"] < LOSSLESS_AGREEMENT]
+    note = f"\n(labels of {', '.join(lossy)} differ from PyTorch fp32's on more than 0.1% of pixels)" if lossy else ""
+    return text + "\n* what --backend auto runs" + note
