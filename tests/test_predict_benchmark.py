@@ -7,25 +7,19 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from semseg.cli import main
 from semseg.predict import Predictor
 from semseg.predict.benchmark import COLUMNS, benchmark, format_benchmark
+from test_predict_backends import toy_checkpoint  # noqa: F401  (a fixture: an FCN-8s checkpoint with 3 classes)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from semseg.checkpoint import save_checkpoint
-    from semseg.models import create_model
+def checkpoint(toy_checkpoint):
+    from semseg.models import load_model
 
-    torch.manual_seed(0)
-    model = create_model("fcn8s_resnet18", 3).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "fcn.pt"
-    save_checkpoint({"model_name": model.model_name, "model_kwargs": model.model_kwargs,
-                     "model_meta": model.pretrained_cfg.to_dict(), "model": model.state_dict()}, path)
-    return path, model
+    return toy_checkpoint, load_model(toy_checkpoint)
 
 
 @pytest.fixture
