@@ -45,9 +45,23 @@ def test_onnxruntime_backend_predicts_like_torch_fp32_and_caches_the_graph(fresh
     assert (predictor(image) == want).mean() >= 0.999
     [record_path] = entries()
     record = json.loads(record_path.read_text())
-    assert record["agreement"] >= 0.999 and record["lossless"] and record["choice"] in ("torch", "onnxruntime")
-    assert record["torch_ms"] > 0 and record["onnxruntime_ms"] > 0
+    assert set(record["agreement"]) == {"onnxruntime", "openvino"}  # every installed runtime, measured once
+    assert min(record["agreement"].values()) >= 0.999
+    assert set(record["ms"]) == {"torch", "onnxruntime", "openvino"} and min(record["ms"].values()) > 0
     assert record_path.with_suffix(".onnx").is_file() and Path(predictor.model.path).parent == fresh_cache / "models"
+
+
+def test_openvino_backend_predicts_like_torch_fp32_from_the_same_graph(fresh_cache):
+    from semseg.runtime.openvino import OpenVinoModel
+
+    image = rgb(45, 70)
+    want = Predictor(ToySeg(), precision="fp32")(image)
+    predictor = Predictor(ToySeg(), backend="openvino")
+    assert predictor.backend == "openvino" and isinstance(predictor.model, OpenVinoModel)
+    assert predictor.model.fixed_input_size is None and predictor.meta.class_names == ToySeg().pretrained_cfg.class_names
+    assert (predictor(image) == want).mean() >= 0.999
+    assert len(entries()) == 1  # one graph serves both runtimes
+    assert Predictor(OpenVinoModel(predictor.model.path)).backend == "openvino"
 
 
 def test_the_second_predictor_for_the_same_weights_converts_nothing(fresh_cache, monkeypatch):
@@ -62,23 +76,41 @@ def test_the_second_predictor_for_the_same_weights_converts_nothing(fresh_cache,
 
 
 @pytest.mark.parametrize(
-    "agreement, torch_ms, ort_ms, chosen",
-    [(1.0, 10.0, 5.0, "onnxruntime"), (1.0, 5.0, 10.0, "torch"), (0.99, 10.0, 5.0, "torch")],
+    "agreement, ms, chosen",
+    [
+        ({"onnxruntime": 1.0, "openvino": 1.0}, {"torch": 10.0, "onnxruntime": 5.0, "openvino": 7.0}, "onnxruntime"),
+        ({"onnxruntime": 1.0, "openvino": 1.0}, {"torch": 10.0, "onnxruntime": 5.0, "openvino": 3.0}, "openvino"),
+        ({"onnxruntime": 1.0, "openvino": 1.0}, {"torch": 5.0, "onnxruntime": 10.0, "openvino": 7.0}, "torch"),
+        ({"onnxruntime": 0.99, "openvino": 0.99}, {"torch": 10.0, "onnxruntime": 5.0, "openvino": 3.0}, "torch"),
+        ({"onnxruntime": 1.0, "openvino": 0.99}, {"torch": 10.0, "onnxruntime": 5.0, "openvino": 3.0}, "onnxruntime"),
+    ],
 )
-def test_auto_uses_onnxruntime_only_where_it_is_lossless_and_faster(fresh_cache, monkeypatch, agreement, torch_ms, ort_ms, chosen):
-    monkeypatch.setattr(backends, "label_agreement", lambda *a: agreement)
-    monkeypatch.setattr(backends, "time_engines", lambda *a: {"torch": torch_ms, "onnxruntime": ort_ms})
+def test_auto_uses_a_runtime_only_where_it_is_lossless_and_fastest(fresh_cache, monkeypatch, agreement, ms, chosen):
+    monkeypatch.setattr(backends, "label_agreement", lambda model, session, inputs: agreement[session.backend])
+    monkeypatch.setattr(backends, "time_engines", lambda *a: ms)
     predictor = Predictor(ToySeg(), backend="auto")
     assert predictor.backend == chosen
-    assert json.loads(entries()[0].read_text())["choice"] == chosen
-    assert Predictor(ToySeg(), backend="auto").backend == chosen  # the verdict is cached with the graph
+    assert backends.auto_choice(json.loads(entries()[0].read_text())) == chosen
+    monkeypatch.setattr(backends, "time_engines", lambda *a: pytest.fail("measured again"))
+    assert Predictor(ToySeg(), backend="auto").backend == chosen  # the measurements are cached with the graph
+
+
+def test_a_runtime_installed_later_is_measured_then(fresh_cache, monkeypatch):
+    monkeypatch.setattr(backends, "runtime_available", lambda runtime: runtime == "onnxruntime")
+    Predictor(ToySeg(), backend="auto")
+    assert set(json.loads(entries()[0].read_text())["ms"]) == {"torch", "onnxruntime"}
+    monkeypatch.undo()
+    monkeypatch.setenv("SEMSEG_CACHE_DIR", str(fresh_cache))
+    monkeypatch.setattr(backends, "export_onnx", lambda *a, **k: pytest.fail("converted again"))
+    Predictor(ToySeg(), backend="auto")
+    assert set(json.loads(entries()[0].read_text())["ms"]) == {"torch", "onnxruntime", "openvino"}
 
 
 def test_an_explicit_onnxruntime_backend_runs_even_when_lossy_and_says_so(fresh_cache, monkeypatch, caplog):
     monkeypatch.setattr(backends, "label_agreement", lambda *a: 0.95)
     with caplog.at_level(logging.WARNING):
         assert Predictor(ToySeg(), backend="onnxruntime").backend == "onnxruntime"
-    assert "equal PyTorch fp32's on 95.000% of pixels only" in caplog.text
+    assert "onnxruntime's labels equal PyTorch fp32's on 95.000% of pixels only" in caplog.text
 
 
 def test_auto_is_torch_where_onnxruntime_cannot_be_lossless_or_is_missing(fresh_cache, monkeypatch):
@@ -87,14 +119,16 @@ def test_auto_is_torch_where_onnxruntime_cannot_be_lossless_or_is_missing(fresh_
     assert entries() == []  # nothing was converted
     with pytest.raises(SemsegError, match="backend onnxruntime runs graphs of any size, and this model has none"):
         Predictor(PyramidToy(), backend="onnxruntime")
-    monkeypatch.setattr(backends, "onnxruntime_available", lambda: False)
+    monkeypatch.setattr(backends, "runtime_available", lambda runtime: False)
     assert Predictor(ToySeg(), backend="auto").backend == "torch"
-    with pytest.raises(SemsegError, match=r"pip install 'semseg\[onnx\]'"):
+    with pytest.raises(SemsegError, match=r"backend onnxruntime needs it installed: pip install 'semseg\[onnx\]'"):
         Predictor(ToySeg(), backend="onnxruntime")
+    with pytest.raises(SemsegError, match=r"pip install 'semseg\[openvino\]'"):
+        Predictor(ToySeg(), backend="openvino")
 
 
 def test_bad_backends_say_what_is_wrong(toy_session):
-    with pytest.raises(SemsegError, match="unknown backend 'tensorrt'; use one of auto, torch, onnxruntime"):
+    with pytest.raises(SemsegError, match="unknown backend 'tensorrt'; use one of auto, torch, onnxruntime, openvino"):
         Predictor(ToySeg(), backend="tensorrt")
     with pytest.raises(SemsegError, match="backend torch needs a PyTorch model"):
         Predictor(toy_session, backend="torch")
@@ -147,7 +181,7 @@ def test_incomplete_or_broken_entries_are_converted_again(fresh_cache, caplog):
     record.write_text("{not json")
     with caplog.at_level(logging.WARNING):
         assert Predictor(ToySeg(), backend="onnxruntime").backend == "onnxruntime"
-    assert "unreadable cache record" in caplog.text and json.loads(record.read_text())["lossless"]
+    assert "unreadable cache record" in caplog.text and "ms" in json.loads(record.read_text())
     with pytest.raises(SemsegError, match="cannot record a converted model that is not there"):
         cache.write_record("0" * 48, {})
 
@@ -173,7 +207,8 @@ def test_concurrent_runs_converting_the_same_weights_both_succeed(fresh_cache):
     paths = {out.split()[1] for out, _ in outputs}
     assert len(paths) == 1 and all(out.startswith("onnxruntime ") for out, _ in outputs)
     [record] = entries()
-    assert json.loads(record.read_text())["lossless"] and OnnxModel(paths.pop()).fixed_input_size is None
+    assert json.loads(record.read_text())["agreement"]["onnxruntime"] >= 0.999
+    assert OnnxModel(paths.pop()).fixed_input_size is None
     assert not [p for p in (fresh_cache / "models").iterdir() if p.name.endswith(".tmp")]  # no temporary files left
 
 
@@ -221,7 +256,7 @@ def test_predict_cli_backend_errors(toy_checkpoint, tmp_path, capsys, monkeypatc
     with pytest.raises(SystemExit):  # argparse's own usage error
         main(["predict", str(images), "--backend", "tensorrt", "--out", str(tmp_path / "o")])
     assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
-    monkeypatch.setattr(backends, "onnxruntime_available", lambda: False)
+    monkeypatch.setattr(backends, "runtime_available", lambda runtime: False)
     assert main(["predict", str(images), "--checkpoint", str(toy_checkpoint), "--backend", "onnxruntime",
                  "--out", str(tmp_path / "o")]) == 2
     assert "pip install 'semseg[onnx]'" in capsys.readouterr().err

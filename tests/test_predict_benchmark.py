@@ -52,9 +52,10 @@ def test_benchmark_rows_for_every_backend(checkpoint, folder):
     path, model = checkpoint
     images, labels = folder
     rows = benchmark([str(images)], labels, checkpoint=path)
-    assert [row["backend"] for row in rows] == ["torch-fp32", "torch", "onnxruntime"]
+    assert [row["backend"] for row in rows] == ["torch-fp32", "torch", "onnxruntime", "openvino"]
     by_name = {row["backend"]: row for row in rows}
     assert by_name["torch-fp32"]["agreement"] == 1.0 and by_name["onnxruntime"]["agreement"] >= 0.999
+    assert by_name["openvino"]["agreement"] >= 0.999 and by_name["openvino"]["file"] == by_name["onnxruntime"]["file"]
     assert by_name["torch-fp32"]["miou"] == pytest.approx(expected_miou(model, images, labels))
     assert by_name["onnxruntime"]["miou"] == pytest.approx(by_name["torch-fp32"]["miou"], abs=0.01)
     for row in rows:
@@ -66,7 +67,7 @@ def test_benchmark_rows_for_every_backend(checkpoint, folder):
 
 
 def test_benchmark_without_onnxruntime_or_labels(checkpoint, folder, monkeypatch):
-    monkeypatch.setattr("semseg.predict.benchmark.onnxruntime_available", lambda: False)
+    monkeypatch.setattr("semseg.predict.backends.runtime_available", lambda runtime: False)
     rows = benchmark([str(folder[0])], checkpoint=checkpoint[0])
     assert [row["backend"] for row in rows] == ["torch-fp32", "torch"] and rows[1]["auto"]
     assert all(row["miou"] is None for row in rows)
@@ -82,7 +83,8 @@ def test_benchmark_cli_writes_csv_and_json(checkpoint, folder, tmp_path, capsys)
     with open(out / "benchmark.csv") as handle:
         table = list(csv.DictReader(handle))
     rows = json.loads((out / "benchmark.json").read_text())
-    assert [r["backend"] for r in table] == [r["backend"] for r in rows] == ["torch-fp32", "torch", "onnxruntime"]
+    assert [r["backend"] for r in table] == [r["backend"] for r in rows] == ["torch-fp32", "torch", "onnxruntime",
+                                                                            "openvino"]
     assert float(table[0]["miou"]) == pytest.approx(rows[0]["miou"])
 
 

@@ -16,9 +16,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/labels, DIR/overlays (and confidence, probs)")
     add_model_source(p)
     p.add_argument("--onnx", default=None, metavar="FILE", help="an exported model, run with ONNX Runtime")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="what runs the model: auto (default) converts it once and uses ONNX Runtime where its labels "
-                   "equal PyTorch fp32's on 99.9%% of pixels and it is faster; torch; onnxruntime")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                   help="what runs the model: auto (default) converts it once and uses the fastest of PyTorch and the "
+                   "installed runtimes whose labels equal PyTorch fp32's on 99.9%% of pixels; torch; onnxruntime; openvino")
     p.add_argument("--mode", choices=["whole", "slide"], default="whole")
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="run the model at this size")
     p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="slide mode tile size")

@@ -1,20 +1,21 @@
-"""Prediction backends: which engine runs the model (PyTorch or ONNX Runtime), and how ``auto`` picks one.
+"""Prediction backends: which engine runs the model (PyTorch, ONNX Runtime, OpenVINO), and how ``auto`` picks one.
 
 - ``torch``: the PyTorch model itself (channels_last, bf16 where native: see
   :class:`~semseg.predict.Predictor`).
-- ``onnxruntime``: the model converted to an ONNX graph of any size
-  (:func:`semseg.runtime.convert.export_onnx`) and run by ONNX Runtime on the CPU.
+- ``onnxruntime`` / ``openvino``: the model converted to an ONNX graph of any
+  size (:func:`semseg.runtime.convert.export_onnx`), run by ONNX Runtime or by
+  OpenVINO (which reads the same file) on the CPU in fp32.
 - ``auto``: the fastest *lossless* one on this machine. The first time a given
-  set of weights is predicted, it is converted, its labels are compared with
-  PyTorch fp32 on the street frames shipped in the package (native size, and
-  CamVid's 360x480), and both engines are timed on a 360x480 frame,
-  interleaved. ONNX Runtime is used only where its labels equal PyTorch fp32's
-  on at least :data:`LOSSLESS_AGREEMENT` of the pixels and it ran faster. The
-  graph and this verdict are cached, keyed by the weights' hash
-  (:mod:`semseg.runtime.cache`), so later runs decide at once. ``auto`` is
-  ``torch`` without onnxruntime installed, on a GPU, at an explicit precision
-  (``fp32`` promises PyTorch's own numbers, bit for bit), and for models whose
-  graph would take one size only.
+  set of weights is predicted, it is converted, each installed runtime's
+  labels are compared with PyTorch fp32 on the street frames shipped in the
+  package (native size, and CamVid's 360x480), and all engines are timed on a
+  360x480 frame, taking turns. A runtime is used only where its labels equal
+  PyTorch fp32's on at least :data:`LOSSLESS_AGREEMENT` of the pixels and it
+  ran fastest. The graph and these measurements are cached, keyed by the
+  weights' hash (:mod:`semseg.runtime.cache`), so later runs decide at once.
+  ``auto`` is ``torch`` with neither runtime installed, on a GPU, at an
+  explicit precision (``fp32`` promises PyTorch's own numbers, bit for bit),
+  and for models whose graph would take one size only.
 """
 
 from __future__ import annotations
@@ -42,14 +43,39 @@ from semseg.runtime.convert import CONVERTER_VERSION, export_onnx, fixed_size_on
 from semseg.runtime.onnx import OnnxModel
 from semseg.runtime.precision import autocast, resolve_device, resolve_precision
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+RUNTIMES = ("onnxruntime", "openvino")  # the backends that run the converted graph
+EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}  # pip install 'semseg[<extra>]' installs each
 LOSSLESS_AGREEMENT = 0.999  # labels equal to PyTorch fp32 on this fraction of pixels
 TIMING_SIZE = (360, 480)  # CamVid's frame size: where the engines are timed against each other
 log = logging.getLogger(__name__)
 
 
-def onnxruntime_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
+def runtime_available(runtime: str) -> bool:
+    """Whether ``runtime`` (``onnxruntime`` or ``openvino``) is installed."""
+    return importlib.util.find_spec(runtime) is not None
+
+
+def available_runtimes() -> list[str]:
+    return [runtime for runtime in RUNTIMES if runtime_available(runtime)]
+
+
+def open_session(runtime: str, path: str | os.PathLike) -> Any:
+    """The graph at ``path`` run by ``runtime`` on the CPU."""
+    if runtime == "openvino":
+        from semseg.runtime.openvino import OpenVinoModel
+
+        return OpenVinoModel(path)
+    return OnnxModel(path, device="cpu")
+
+
+def auto_choice(record: dict[str, Any]) -> str:
+    """What ``auto`` runs, from a cache record: the fastest of PyTorch and the installed lossless runtimes."""
+    times = {"torch": record["ms"]["torch"]}
+    for runtime in available_runtimes():
+        if runtime in record["ms"] and record["agreement"][runtime] >= LOSSLESS_AGREEMENT:
+            times[runtime] = record["ms"][runtime]
+    return min(times, key=times.get)
 
 
 def sample_frames() -> list[np.ndarray]:
@@ -68,92 +94,100 @@ def resolve_backend(
 ) -> tuple[Any, str]:
     """``(what to run, its backend's name)`` for ``model`` on ``backend``.
 
-    ``model``: a PyTorch model, or an exported session (which runs as it is:
-    ``onnxruntime``). ``key``: the cache key of the model's weights (default:
+    ``model``: a PyTorch model, or an exported session (which runs as it is). ``key``: the cache key of the model's weights (default:
     the hash of its state dict). Converting, checking and timing happen once per
     key; see the module's docstring for what ``auto`` decides.
     """
     check_backend(backend)
     if not isinstance(model, nn.Module):
         if backend == "torch":
-            raise SemsegError("an exported ONNX model runs in ONNX Runtime; backend torch needs a PyTorch model")
-        return model, "onnxruntime"
+            raise SemsegError("an exported ONNX model runs in its runtime; backend torch needs a PyTorch model")
+        return model, getattr(model, "backend", "onnxruntime")
     if backend == "torch":
         return model, "torch"
     reason = fixed_size_only(model)
-    if backend == "onnxruntime":
-        if not onnxruntime_available():
-            raise SemsegError("backend onnxruntime needs ONNX Runtime: pip install 'semseg[onnx]'")
+    if backend in RUNTIMES:
+        if not runtime_available(backend):
+            raise SemsegError(f"backend {backend} needs it installed: pip install 'semseg[{EXTRAS[backend]}]'")
         if reason:
-            raise SemsegError(f"backend onnxruntime runs graphs of any size, and this model has none: {reason}; "
+            raise SemsegError(f"backend {backend} runs graphs of any size, and this model has none: {reason}; "
                               "export it with semseg export --fixed and predict with --onnx")
-    elif not onnxruntime_available() or precision != "auto" or resolve_device(device).type != "cpu" or reason:
+    elif not available_runtimes() or precision != "auto" or resolve_device(device).type != "cpu" or reason:
         return model, "torch"
     record = onnx_conversion(model, key or model_key(model), precision)
-    if backend == "onnxruntime" and record["agreement"] < LOSSLESS_AGREEMENT:
-        log.warning("ONNX Runtime's labels equal PyTorch fp32's on %.3f%% of pixels only (auto would not use it)",
-                    100 * record["agreement"])
-    if backend == "auto" and record["choice"] != "onnxruntime":
+    if backend in RUNTIMES:
+        if record["agreement"][backend] < LOSSLESS_AGREEMENT:
+            log.warning("%s's labels equal PyTorch fp32's on %.3f%% of pixels only (auto would not use it)",
+                        backend, 100 * record["agreement"][backend])
+        return open_session(backend, record["path"]), backend
+    choice = auto_choice(record)
+    if choice == "torch":
         return model, "torch"
-    return OnnxModel(record["path"], device="cpu"), "onnxruntime"
+    return open_session(choice, record["path"]), choice
 
 
 def model_key(model: nn.Module) -> str:
     """The cache key of a PyTorch model: the hash of its state dict, its name and metadata."""
     meta = ModelMeta.of(model).to_dict()
-    return cache_key(["onnxruntime", CONVERTER_VERSION, state_dict_digest(model), getattr(model, "model_name", None), meta])
+    return cache_key(["onnx", CONVERTER_VERSION, state_dict_digest(model), getattr(model, "model_name", None), meta])
 
 
 def file_key(path: str | os.PathLike, model_name: str | None = None, num_classes: int | None = None) -> str:
     """The cache key of a model read from ``path`` (a checkpoint, or raw weights for ``model_name``): the file's hash."""
-    return cache_key(["onnxruntime", CONVERTER_VERSION, file_digest(path), model_name, num_classes])
+    return cache_key(["onnx", CONVERTER_VERSION, file_digest(path), model_name, num_classes])
 
 
-def cached_choice(key: str, backend: str, precision: str = "auto", device: str = "auto") -> Any | None:
-    """The cached ONNX Runtime session for ``key`` where ``backend`` would run it, else None.
+def cached_choice(key: str, backend: str, precision: str = "auto", device: str = "auto") -> tuple[Any, str] | None:
+    """``(session, backend)`` from the cache for ``key`` where ``backend`` would run a converted graph, else None.
 
     Lets a command skip building the PyTorch model when an earlier run already
-    converted these weights and (for ``auto``) found ONNX Runtime lossless and faster.
+    converted these weights and (for ``auto``) measured a runtime lossless and fastest.
     """
     check_backend(backend)
-    if backend == "torch" or not onnxruntime_available():
+    if backend == "torch" or not available_runtimes():
         return None
     if backend == "auto" and (precision != "auto" or resolve_device(device).type != "cpu"):
         return None
     record = read_entry(key)
-    if record is None or (backend == "auto" and record.get("choice") != "onnxruntime"):
-        return None
-    return OnnxModel(record["path"], device="cpu")
+    if record is None or "ms" not in record or set(available_runtimes()) - set(record["ms"]):
+        return None  # not converted, or measured before a runtime was installed: the model is needed
+    if backend in RUNTIMES:
+        return (open_session(backend, record["path"]), backend) if runtime_available(backend) else None
+    choice = auto_choice(record)
+    return None if choice == "torch" else (open_session(choice, record["path"]), choice)
 
 
 def onnx_conversion(model: nn.Module, key: str, precision: str = "auto") -> dict[str, Any]:
-    """The cache record of ``model`` converted for ONNX Runtime under ``key``: converted, checked and timed if new.
+    """The cache record of ``model`` converted to an ONNX graph under ``key``: converted, checked and timed if new.
 
-    The record holds ``agreement`` (labels equal to PyTorch fp32, a fraction of
-    pixels), ``torch_ms`` and ``onnxruntime_ms`` (median per 360x480 frame),
-    ``choice`` (what ``auto`` runs) and ``path`` (the graph).
+    The record holds ``agreement`` (per installed runtime: the fraction of
+    pixels whose label equals PyTorch fp32's), ``ms`` (median milliseconds per
+    360x480 frame: ``torch`` and each runtime) and ``path`` (the graph). A record
+    measured before a runtime was installed is measured again (the graph is kept).
     """
+    runtimes = available_runtimes()
     record = read_entry(key)
-    if record is not None:
+    if record is not None and "ms" in record and not set(runtimes) - set(record["ms"]):
         return record
     name = getattr(model, "model_name", None) or type(model).__name__
-    log.info("converting %s for ONNX Runtime (once for these weights; cached by their hash)", name)
     graph, _ = entry_paths(key)
-    export_onnx(model, graph, TIMING_SIZE, dynamic=True)
-    session = OnnxModel(graph, device="cpu")
+    if record is None:
+        log.info("converting %s to an ONNX graph for %s (once for these weights; cached by their hash)",
+                 name, " and ".join(runtimes))
+        export_onnx(model, graph, TIMING_SIZE, dynamic=True)
+    sessions = {runtime: open_session(runtime, graph) for runtime in runtimes}
     meta = ModelMeta.of(model)
     frames = sample_frames()
     frames.append(np.asarray(Image.fromarray(frames[0]).resize(TIMING_SIZE[::-1], Image.BILINEAR)))
     inputs = [normalize(to_chw(frame)[None], meta.mean, meta.std) for frame in frames]
-    agreement = label_agreement(model, session, inputs)
-    timings = time_engines(model, session, inputs[-1], precision)
-    lossless = agreement >= LOSSLESS_AGREEMENT
-    choice = "onnxruntime" if lossless and timings["onnxruntime"] < timings["torch"] else "torch"
-    log.info("%s: ONNX Runtime labels equal PyTorch fp32's on %.3f%% of pixels; %.1f ms a 360x480 frame against "
-             "PyTorch's %.1f ms: auto uses %s", name, 100 * agreement, timings["onnxruntime"], timings["torch"], choice)
-    values = {"model_name": name, "agreement": agreement, "lossless": lossless, "torch_ms": timings["torch"],
-              "onnxruntime_ms": timings["onnxruntime"], "choice": choice}
-    return write_record(key, values)
+    agreement = {runtime: label_agreement(model, session, inputs) for runtime, session in sessions.items()}
+    timings = time_engines(model, sessions, inputs[-1], precision)
+    values = {"model_name": name, "agreement": agreement, "ms": timings}
+    record = write_record(key, values)
+    log.info("%s: labels equal to PyTorch fp32 on %s of pixels; ms per 360x480 frame: %s; auto uses %s", name,
+             ", ".join(f"{100 * a:.3f}% ({r})" for r, a in agreement.items()),
+             ", ".join(f"{ms:.1f} ({r})" for r, ms in timings.items()), auto_choice(record))
+    return record
 
 
 def label_agreement(model: nn.Module, session: Callable, inputs: list[torch.Tensor]) -> float:
@@ -168,12 +202,12 @@ def label_agreement(model: nn.Module, session: Callable, inputs: list[torch.Tens
 
 
 def time_engines(
-    model: nn.Module, session: Callable, image: torch.Tensor, precision: str = "auto", repeats: int = 3
+    model: nn.Module, sessions: dict[str, Callable], image: torch.Tensor, precision: str = "auto", repeats: int = 3
 ) -> dict[str, float]:
-    """Median milliseconds per call of PyTorch (as the Predictor runs it) and of ``session`` on ``image``, interleaved.
+    """Median milliseconds per call of PyTorch (as the Predictor runs it) and of each of ``sessions`` on ``image``.
 
-    One warm-up call each, then ``repeats`` rounds alternating the two, so that
-    the load of a shared machine falls on both alike.
+    One warm-up call each, then ``repeats`` rounds in which every engine runs
+    once in turn, so that the load of a shared machine falls on all alike.
     """
     device = torch.device("cpu")
     precision = resolve_precision(precision, device)
@@ -185,7 +219,9 @@ def time_engines(
         with torch.inference_mode(), autocast(precision, device):
             model(torch_input)
 
-    runs = {"torch": run_torch, "onnxruntime": lambda: session(image)}
+    runs: dict[str, Callable[[], Any]] = {"torch": run_torch}
+    for name, session in sessions.items():
+        runs[name] = lambda session=session: session(image)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for run in runs.values():
         run()
@@ -225,6 +261,6 @@ def load_for_prediction(
         key = file_key(source, model_name, num_classes)
         cached = cached_choice(key, backend, precision, device)
         if cached is not None:
-            return cached, "onnxruntime"
+            return cached
     model = load_torch_model(checkpoint, model_name, weights, num_classes)
     return resolve_backend(model, backend, precision, device, key=key)

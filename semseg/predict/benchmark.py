@@ -2,7 +2,7 @@
 
 For every available backend (PyTorch fp32, the plain reference; PyTorch as
 ``semseg predict`` runs it, channels_last and bf16 where native; ONNX Runtime
-on the model converted to a graph of any size), one row: the file that is
+and OpenVINO on the model converted to a graph of any size), one row: the file that is
 deployed and its size, milliseconds per image in steady state (the median),
 images per second over the folder, the share of pixels whose label equals
 PyTorch fp32's and, with ground truth, the mIoU. The row ``auto`` would pick is
@@ -36,7 +36,9 @@ from semseg.io import read_image, read_label_map, write_text_atomic
 from semseg.meta import ModelMeta, check_ignore_index
 from semseg.metrics.confusion import ConfusionMatrix
 from semseg.metrics.counting import LabelValueError
-from semseg.predict.backends import LOSSLESS_AGREEMENT, file_key, model_key, onnx_conversion, onnxruntime_available
+from semseg.predict.backends import (
+    LOSSLESS_AGREEMENT, auto_choice, available_runtimes, file_key, model_key, onnx_conversion, open_session,
+)
 from semseg.predict.files import resolve_sources
 from semseg.predict.predictor import Predictor
 from semseg.progress import Progress
@@ -111,16 +113,17 @@ def benchmark(
 
 def _runs(model: Any, source: Path, model_name: str | None, num_classes: int | None) -> dict[str, dict[str, Any]]:
     """The backends to compare: a predictor each, the file it deploys, and whether ``auto`` picks it."""
-    choice, session, graph = "torch", None, None
-    if not onnxruntime_available():
-        log.warning("ONNX Runtime is not installed (pip install 'semseg[onnx]'): benchmarking PyTorch only")
+    choice, sessions, graph = "torch", {}, None
+    if not available_runtimes():
+        log.warning("neither ONNX Runtime nor OpenVINO is installed (pip install 'semseg[onnx]', 'semseg[openvino]'): "
+                    "benchmarking PyTorch only")
     elif reason := fixed_size_only(model):
-        log.warning("no ONNX Runtime row: the model cannot be converted to a graph of any size (%s)", reason)
+        log.warning("no ONNX Runtime or OpenVINO rows: the model cannot be converted to a graph of any size (%s)", reason)
     else:  # converted (or found in the cache) first: the conversion's own timing moves the model between layouts
         key = file_key(source, model_name, num_classes) if source.is_file() else model_key(model)
         record = onnx_conversion(model, key)
-        choice, graph = record["choice"], record["path"]
-        session = OnnxModel(graph, device="cpu")
+        choice, graph = auto_choice(record), record["path"]
+        sessions = {runtime: open_session(runtime, graph) for runtime in available_runtimes()}
     # a Predictor sets its model's memory layout (contiguous for fp32, channels_last otherwise): the fp32
     # reference gets a copy of its own, so that the two torch rows do not undo each other's layout
     runs = {
@@ -128,8 +131,8 @@ def _runs(model: Any, source: Path, model_name: str | None, num_classes: int | N
                        "file": source},
         "torch": {"predictor": Predictor(model, precision="auto", tta=False, device="cpu"), "file": source},
     }
-    if session is not None:
-        runs["onnxruntime"] = {"predictor": Predictor(session, tta=False), "file": graph}
+    for runtime, session in sessions.items():
+        runs[runtime] = {"predictor": Predictor(session, tta=False), "file": graph}
     for name, run in runs.items():
         run["auto"] = name == choice
     return runs

@@ -77,10 +77,10 @@ class Predictor:
     ``mean``/``std`` default to the model's ``pretrained_cfg`` (ImageNet's without one).
     ``precision``: ``auto`` (channels_last, plus bf16 autocast where bf16 is
     native), ``fp32`` (the plain recipe, bit for bit), ``bf16``.
-    ``backend``: ``torch``, ``onnxruntime`` (the model converted, cached by its
-    weights' hash) or ``auto`` (the fastest of the two whose labels equal PyTorch
-    fp32's on 99.9% of pixels; see :mod:`semseg.predict.backends`); None runs
-    ``model`` as given. ``self.backend`` says which runs.
+    ``backend``: ``torch``, ``onnxruntime`` or ``openvino`` (the model converted,
+    cached by its weights' hash) or ``auto`` (the fastest of those whose labels
+    equal PyTorch fp32's on 99.9% of pixels; see :mod:`semseg.predict.backends`);
+    None runs ``model`` as given. ``self.backend`` says which runs.
     A ``torch.nn.Module`` is put in eval mode and moved to ``device`` in place.
     """
 
@@ -105,7 +105,7 @@ class Predictor:
         if backend is not None:
             model, self.backend = resolve_backend(model, backend, precision, device)
         else:
-            self.backend = "torch" if isinstance(model, nn.Module) else "onnxruntime"
+            self.backend = "torch" if isinstance(model, nn.Module) else getattr(model, "backend", "onnxruntime")
         self.meta = ModelMeta.of(model)
         # without a known class count, colour every id a uint8 label map can hold
         self.palette = self.meta.palette or generate_palette(self.meta.num_classes or 256)

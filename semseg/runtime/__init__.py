@@ -1,10 +1,11 @@
-"""How a model is run: torch devices and precision, sessions of exported graphs (ONNX Runtime), converting and caching.
+"""How a model is run: torch devices and precision, sessions of exported graphs (ONNX Runtime, OpenVINO), converting, caching.
 
 Below both :mod:`semseg.predict` and :mod:`semseg.export`. A *session* is any
 object that :class:`semseg.predict.Predictor` can run in place of a torch
-model; it follows :class:`Session`. :class:`OnnxModel` is the one shipped; a
-new backend (OpenVINO, TensorRT) is one more module here with a class of the
-same shape (docs/architecture.md shows how). :mod:`~semseg.runtime.convert`
+model; it follows :class:`Session`. :class:`OnnxModel` (ONNX Runtime) and
+:class:`~semseg.runtime.openvino.OpenVinoModel` (imported from its module:
+OpenVINO is optional) are the ones shipped; a new backend (TensorRT) is one
+more module here with a class of the same shape (docs/architecture.md shows how). :mod:`~semseg.runtime.convert`
 writes a torch model as an ONNX graph; :mod:`~semseg.runtime.cache` keeps
 converted graphs keyed by the weights' hash.
 """
@@ -24,6 +25,7 @@ class Session(Protocol):
 
     pretrained_cfg: ModelMeta  # classes, palette, mean and std, read from the file
     fixed_input_size: tuple[int, int] | None  # (H, W) when the graph takes that size only
+    backend: str  # what runs it: "onnxruntime", "openvino"
 
     def __call__(self, images: Tensor) -> Tensor:
         """Normalized ``float[N,3,h,w]`` (any device) -> logits ``float[N,C,h,w]`` on the CPU."""

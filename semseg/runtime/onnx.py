@@ -43,6 +43,8 @@ class OnnxModel:
     one thread per physical core, or ``$OMP_NUM_THREADS`` where set (as PyTorch does).
     """
 
+    backend = "onnxruntime"
+
     def __init__(self, path: str | os.PathLike, device: str = "auto") -> None:
         import onnxruntime as ort
 

@@ -1,0 +1,66 @@
+"""An exported ONNX graph run by OpenVINO on the CPU, usable wherever a model is (a :class:`semseg.runtime.Session`).
+
+OpenVINO reads the ONNX file semseg writes (:func:`semseg.runtime.convert.export_onnx`)
+directly, metadata included (its ``metadata_props`` arrive in the model's
+``rt_info["framework"]``), so there is no second file format to keep. It is
+compiled for the CPU in fp32 (``INFERENCE_PRECISION_HINT=f32``: on CPUs with
+bf16 OpenVINO would otherwise compute in bf16, which changes labels), with
+``$OMP_NUM_THREADS`` threads where set, as PyTorch and ONNX Runtime use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from semseg.errors import SemsegError
+from semseg.meta import ModelMeta
+from semseg.runtime.onnx import read_onnx_metadata
+
+
+class OpenVinoModel:
+    """``model(images float[N,3,h,w]) -> logits float[N,C,h,w]`` through OpenVINO's CPU plugin.
+
+    Same attributes as :class:`~semseg.runtime.OnnxModel`: ``pretrained_cfg``,
+    ``model_name``, ``fixed_input_size`` (None for a graph of any size), ``path``.
+    """
+
+    backend = "openvino"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import openvino as ov
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SemsegError(f"{self.path}: ONNX file not found")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise SemsegError(f"{self.path}: not a model OpenVINO can read ({str(exc).splitlines()[0]})") from None
+        info = model.get_rt_info()
+        framework = info["framework"] if "framework" in info else {}
+        props = {key: value.astype(str) for key, value in dict(framework).items()}
+        values = read_onnx_metadata(props)
+        self.pretrained_cfg = ModelMeta.from_dict(values)
+        self.model_name = values.get("model_name")
+        shape = model.inputs[0].get_partial_shape()
+        spatial = [shape[i] for i in (2, 3)] if shape.rank.get_length() == 4 else []
+        static = spatial and all(d.is_static for d in spatial)
+        self.fixed_input_size = tuple(d.get_length() for d in spatial) if static else None
+        self.dynamic = self.fixed_input_size is None
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        if threads.isdigit() and int(threads) > 0:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, images: Tensor) -> Tensor:
+        inputs = np.ascontiguousarray(images.detach().cpu().float().numpy())
+        self.request.infer({0: inputs})
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
