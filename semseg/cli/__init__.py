@@ -11,6 +11,8 @@ status 2. Library log records reach the console through :mod:`semseg.cli.console
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -62,6 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("semseg: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of stdout left (`semseg configs | head`): stop quietly, as tools killed by SIGPIPE do;
+        # stdout goes to /dev/null so that the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":
