@@ -11,10 +11,12 @@ status 2. Library log records reach the console through :mod:`semseg.cli.console
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
-from typing import Callable, Sequence
+import threading
+from typing import Callable, Iterator, Sequence
 
 from semseg.cli.app import add_app
 from semseg.cli.benchmark import add_benchmark
@@ -46,9 +48,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` runs (atomic writes remove their temporaries)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler's timeout) raises :class:`Terminated` for the block, in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    with terminate_as_interrupt():
+        return _main(parser, argv)
+
+
+def _main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     try:
         command = next((arg for arg in argv if not arg.startswith("-")), None)
         if command in ACCEPTS_OVERRIDES:
@@ -61,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SemsegError as exc:
         print(f"semseg: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("semseg: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("semseg: interrupted", file=sys.stderr)
         return 130

@@ -1,7 +1,10 @@
 """Predicting files: sources (files, folders, globs) in, label PNGs, overlays and probability maps out.
 
-Images are decoded in DataLoader workers; one unreadable file is reported and
-skipped, the rest are predicted. Every output is written atomically.
+Images are decoded in DataLoader workers; one unreadable file (corrupt,
+truncated, too large, not an image) is one warning naming it and one skipped
+file, the rest are predicted. The output folder is checked before any work,
+locked for the run (a second command writing there is refused) and every
+output is written atomically.
 """
 
 from __future__ import annotations
@@ -18,13 +21,28 @@ import torch
 
 from semseg.data.formats import trainid_to_labelid
 from semseg.errors import SemsegError
-from semseg.io import IMAGE_EXTENSIONS, encode_image_png, list_images, read_image, write_bytes_atomic, write_label_png
+from semseg.io import (
+    IMAGE_EXTENSIONS,
+    folder_lock,
+    image_size,
+    list_images,
+    read_image,
+    remove_stale_temporaries,
+    staged_path,
+    write_image_png,
+    write_label_png,
+)
 from semseg.metrics import collapse_warning
 from semseg.predict.predictor import Prediction, Predictor
 from semseg.progress import Progress
 from semseg.reports.viz import legend, overlay
 
 log = logging.getLogger(__name__)
+
+# images above this many pixels are decoded in the main process, not in a worker: a worker's
+# decoded image reaches the main process pickled, which costs two more copies of it
+DECODE_IN_MAIN_PIXELS = 1 << 24
+OUTPUT_FOLDERS = ("labels", "overlays", "confidence", "probs")
 
 
 def resolve_sources(sources: Sequence[str]) -> list[Path]:
@@ -42,6 +60,8 @@ def resolve_sources(sources: Sequence[str]) -> list[Path]:
             found = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 raise SemsegError(f"{source}: no image matches this pattern")
+        elif path.exists():
+            raise SemsegError(f"{source}: not a regular file")
         else:
             raise SemsegError(f"{source}: no such file or folder")
         files += [f for f in found if f not in files]
@@ -53,7 +73,11 @@ def resolve_sources(sources: Sequence[str]) -> list[Path]:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Decodes images (in DataLoader workers); a file that cannot be read gives its error instead."""
+    """Decodes images (in DataLoader workers); a file that cannot be read gives its error instead.
+
+    ``[i]`` -> ``(i, rgb or None, error or None)``; ``rgb`` is None without an
+    error for a file too large to pass between processes cheaply: the caller decodes it.
+    """
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self.paths = list(paths)
@@ -63,6 +87,10 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
+            if torch.utils.data.get_worker_info() is not None:
+                height, width = image_size(self.paths[index])
+                if height * width > DECODE_IN_MAIN_PIXELS:
+                    return index, None, None
             return index, read_image(self.paths[index]), None
         except SemsegError as exc:
             return index, None, str(exc)
@@ -107,32 +135,9 @@ def write_outputs(out_dir: Path, stem: str, rgb: np.ndarray, prediction: Predict
         write_label_png(out_dir / "labels" / f"{stem}.png", trainid_to_labelid(prediction.labels))
     else:
         write_label_png(out_dir / "labels" / f"{stem}.png", prediction.labels, palette)
-    write_bytes_atomic(out_dir / "overlays" / f"{stem}.png", encode_image_png(overlay(rgb, prediction.labels, palette)))
+    write_image_png(out_dir / "overlays" / f"{stem}.png", overlay(rgb, prediction.labels, palette))
     if prediction.confidence is not None:
-        confidence = np.rint(prediction.confidence * 255).astype(np.uint8)
-        write_bytes_atomic(out_dir / "confidence" / f"{stem}.png", encode_image_png(confidence))
-
-
-class _NpyFile:
-    """A ``.npy`` memory map filled in place, renamed over ``path`` once complete (never half-written)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.array = path, None
-        self.tmp = path.with_name(f".{path.name}.tmp")
-
-    def __call__(self, shape: tuple[int, int, int]) -> np.ndarray:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=shape)
-        return self.array
-
-    def commit(self) -> None:
-        self.array.flush()
-        self.array = None
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.array = None
-        self.tmp.unlink(missing_ok=True)
+        write_image_png(out_dir / "confidence" / f"{stem}.png", np.rint(prediction.confidence * 255).astype(np.uint8))
 
 
 def predict_files(
@@ -149,9 +154,22 @@ def predict_files(
     ``label_format``: ``semseg`` or ``cityscapes`` (see :func:`check_label_format`).
     Logs a warning when the predictions of all files together have collapsed to one class
     (:func:`semseg.metrics.collapse_warning`).
+    ``out_dir`` is locked while the files are predicted (SemsegError when another command holds it).
     """
+    if not isinstance(workers, int) or workers < 0:
+        raise SemsegError(f"workers must be 0 or more image-decoding processes, got {workers!r}")
     out_dir = Path(out_dir)
     check_label_format(label_format, files, predictor.meta.num_classes)
+    with folder_lock(out_dir, "output folder"):
+        for name in OUTPUT_FOLDERS:
+            remove_stale_temporaries(out_dir / name)
+        return _predict_locked(predictor, files, out_dir, confidence, probs, workers, label_format)
+
+
+def _predict_locked(
+    predictor: Predictor, files: Sequence[Path], out_dir: Path, confidence: bool, probs: bool, workers: int,
+    label_format: str,
+) -> list[Path]:
     loader = torch.utils.data.DataLoader(
         ImageFiles(files), batch_size=None, collate_fn=_keep, num_workers=min(workers, max(len(files) - 1, 0))
     )
@@ -160,17 +178,25 @@ def predict_files(
     # the key of overlays/: every class's colour and name, in one picture beside them (overlays stay pixel-aligned)
     names = predictor.meta.class_names or [f"class_{c}" for c in range(predictor.meta.num_classes or 0)]
     if names:
-        write_bytes_atomic(out_dir / "legend.png", encode_image_png(legend(names, predictor.palette)))
+        write_image_png(out_dir / "legend.png", legend(names, predictor.palette))
     counts = np.zeros(256, np.int64)  # predicted pixels per class, for the collapse warning
     # probabilities go one image at a time, straight into their .npy memory map
     batch_size = 1 if probs else predictor.batch_size
     with Progress(len(files), "predict", unit="img", logger=log) as bar:
         for index, rgb, error in loader:
+            if rgb is None and error is None:
+                try:
+                    rgb = read_image(files[index])
+                except SemsegError as exc:
+                    error = str(exc)
             if error is not None:
                 log.warning("skipped %s", error)
                 failed.append(files[index])
                 bar.update(1)
                 continue
+            reason = predictor.needs_slide(rgb.shape)
+            if reason:
+                log.warning("%s: %s", files[index], reason)
             if pending and (rgb.shape != pending[0][1].shape or len(pending) == batch_size):
                 _predict_pending(predictor, pending, out_dir, confidence, probs, bar, counts, label_format)
             pending.append((files[index], rgb))
@@ -193,15 +219,20 @@ def _predict_pending(
 ) -> None:
     if not pending:
         return
-    npy = _NpyFile(out_dir / "probs" / f"{pending[0][0].stem}.npy") if probs else None
-    try:
-        predictions = predictor.predict_batch([rgb for _, rgb in pending], confidence, npy or False)
-    except BaseException:
-        if npy is not None:
-            npy.discard()
-        raise
-    if npy is not None:
-        npy.commit()
+    images = [rgb for _, rgb in pending]
+    if probs:  # one image: its probabilities fill a .npy memory map, renamed into place once complete
+        with staged_path(out_dir / "probs" / f"{pending[0][0].stem}.npy") as tmp:
+            sink: dict[str, np.ndarray] = {}
+
+            def open_map(shape: tuple[int, int, int]) -> np.ndarray:
+                sink["map"] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+                return sink["map"]
+
+            predictions = predictor.predict_batch(images, confidence, open_map)
+            sink["map"].flush()
+            del sink["map"]
+    else:
+        predictions = predictor.predict_batch(images, confidence, False)
     for (path, rgb), prediction in zip(pending, predictions):
         write_outputs(out_dir, path.stem, rgb, prediction, predictor.palette, label_format)
         if prediction.labels.dtype == np.uint8:  # models of more than 256 classes are not checked

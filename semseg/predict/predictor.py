@@ -17,6 +17,14 @@ native resolution: in whole mode it slides tiles of its size over the image,
 each zero-padded to that size where the image is smaller; it never resizes the
 image unless ``size`` asks for it.
 
+Memory plan. Whole mode, ``size`` and TTA hold score maps ``[C, H, W]`` of the
+whole image and run the model on the whole (resized) image, so their memory
+grows with the image and the model. An image larger than ``max_whole_pixels``
+(:data:`WHOLE_MAX_PIXELS`, 8.4 MP), or whose largest model input (the image or
+``size``, times the largest TTA scale squared) is larger, is predicted in slide
+mode at full resolution instead, without TTA: bands, bounded memory
+(:meth:`Predictor.needs_slide` says when and why; ``semseg predict`` logs it).
+
 ``precision="fp32"`` is the plain recipe (PIL, ToTensor, Normalize, model,
 argmax) to the last bit; ``auto`` adds channels_last and, where the hardware
 computes bf16 natively, bf16 autocast.
@@ -44,6 +52,11 @@ from semseg.reports.viz import generate_palette
 from semseg.runtime.precision import autocast, resolve_device, resolve_precision
 
 MODES = ("whole", "slide")
+# the most pixels whole-image prediction (whole mode, size, TTA) handles, in the image and in the model's
+# input; larger images go through slide mode's bands (docs/safety.md gives the memory this bounds)
+WHOLE_MAX_PIXELS = 1 << 23
+# tiles of that automatic slide mode when the predictor has none (--crop) and the model names no input size
+AUTO_SLIDE_CROP = (512, 512)
 
 
 @dataclass
@@ -101,6 +114,7 @@ class Predictor:
         device: str = "auto",
         batch_size: int | None = None,
         backend: str | None = None,
+        max_whole_pixels: int = WHOLE_MAX_PIXELS,
     ) -> None:
         if backend is not None:
             model, self.backend = resolve_backend(model, backend, precision, device)
@@ -119,6 +133,9 @@ class Predictor:
             raise SemsegError(f"unknown blend {blend!r}; use one of {', '.join(BLENDS)}")
         if batch_size is not None and batch_size < 1:
             raise SemsegError(f"batch size must be at least 1, got {batch_size}")
+        if max_whole_pixels < 1:
+            raise SemsegError(f"max_whole_pixels must be at least 1, got {max_whole_pixels}")
+        self.max_whole_pixels = max_whole_pixels
         self.mode, self.blend = mode, blend
         self.size = as_size(size, "size")
         recommended = self.meta.tta_scales
@@ -157,16 +174,46 @@ class Predictor:
                 raise SemsegError("slide mode needs a crop size (--crop H W); the model names no input size")
             self.stride = self.stride or tuple(c - c // 3 for c in self.crop)
             check_window(self.crop, self.stride)
-        if self.fixed is None:
-            return
-        height, width = self.fixed
-        if self.tta:
-            raise SemsegError(f"this ONNX model only takes {height}x{width} inputs; TTA needs one exported with --dynamic")
-        if self.size is not None and self.size != self.fixed:
-            raise SemsegError(f"this ONNX model only takes {height}x{width} inputs; use --size {height} {width}, "
-                              "or leave --size out to predict at native resolution")
-        if self.windowed and (self.crop[0] > height or self.crop[1] > width):
-            raise SemsegError(f"this ONNX model only takes {height}x{width} inputs; use a --crop of at most {height} {width}")
+        if self.fixed is not None:
+            height, width = self.fixed
+            if self.tta:
+                raise SemsegError(f"this ONNX model only takes {height}x{width} inputs; TTA needs one exported with --dynamic")
+            if self.size is not None and self.size != self.fixed:
+                raise SemsegError(f"this ONNX model only takes {height}x{width} inputs; use --size {height} {width}, "
+                                  "or leave --size out to predict at native resolution")
+            if self.windowed and (self.crop[0] > height or self.crop[1] > width):
+                raise SemsegError(f"this ONNX model only takes {height}x{width} inputs; use a --crop of at most {height} {width}")
+        # the tiles of the slide mode that images too large for whole-image prediction go through
+        self.slide_crop = self.crop or self.fixed or self.meta.input_size or AUTO_SLIDE_CROP
+        self.slide_stride = (self.crop and self.stride) or tuple(c - c // 3 for c in self.slide_crop)
+        check_window(self.slide_crop, self.slide_stride)
+
+    @property
+    def _bands(self) -> bool:
+        """Whether the chosen mode is slide mode's bounded bands (windowed, at full resolution, no TTA)."""
+        return self.windowed and not self.tta and self.size is None
+
+    def needs_slide(self, shape: Sequence[int]) -> str | None:
+        """Why an image of ``shape`` (H, W, ...) goes through slide mode's bands instead of the chosen mode, or None.
+
+        Whole mode, ``size`` and TTA hold ``[C, H, W]`` score maps and run the
+        model on the whole (resized) image; above ``max_whole_pixels`` in the
+        image or in the model's largest input, the bands keep memory bounded.
+        """
+        height, width = int(shape[0]), int(shape[1])
+        if self._bands:
+            return None
+        model_h, model_w = self.size or (height, width)
+        largest = model_h * model_w * (max(self.scales) ** 2 if self.tta else 1.0)
+        limit = self.max_whole_pixels
+        if height * width <= limit and largest <= limit:
+            return None
+        dropped = [what for what, used in (("TTA", self.tta), ("the size setting", self.size is not None)) if used]
+        crop = f"{self.slide_crop[0]}x{self.slide_crop[1]}"
+        return (
+            f"{width}x{height} image is above the {limit / 1e6:.1f} MP that whole-image prediction handles: "
+            f"predicted in slide mode with {crop} tiles" + (f", without {' and '.join(dropped)}" if dropped else "")
+        )
 
     def _setup_compute(self, model: Any, precision: str, device: str) -> None:
         if isinstance(model, nn.Module):
@@ -226,15 +273,20 @@ class Predictor:
         ``probs``: True for in-memory probabilities, or a function giving the
         ``[C, H, W]`` float32 array to fill (e.g. a ``.npy`` memory map).
         """
-        if self.windowed and not self.tta and self.size is None:
-            return [self._predict_bands(image, confidence, probs) for image in images]
-        results = []
-        for group in same_size_groups(images, self.batch_size):
-            scores, are_logits = self._scores(torch.stack([to_chw(image) for image in group]))
-            for score in scores:
+        results: list[Prediction] = []
+        whole: list[tuple[int, np.ndarray]] = []
+        for index, image in enumerate(images):
+            if self._bands or self.needs_slide(image.shape):
+                results.append(self._predict_bands(image, confidence, probs))
+            else:
+                results.append(None)  # type: ignore[arg-type]  # filled below
+                whole.append((index, image))
+        for group in same_size_groups(whole, self.batch_size):
+            scores, are_logits = self._scores(torch.stack([to_chw(image) for _, image in group]))
+            for (index, _), score in zip(group, scores):
                 sink = _Sink(score.shape[0], score.shape[1:], confidence, probs)
                 sink.write(0, score, are_logits)
-                results.append(sink.result())
+                results[index] = sink.result()
         return results
 
     def _predict_bands(self, image: np.ndarray, confidence: bool, probs: Any) -> Prediction:
@@ -242,7 +294,8 @@ class Predictor:
         chw = to_chw(image)
         sink = None
         bands = slide_window_bands(
-            self.forward, chw, self.crop, self.stride, self.meta.num_classes, self.batch_size, self.blend, self.preprocess
+            self.forward, chw, self.slide_crop, self.slide_stride, self.meta.num_classes, self.batch_size, self.blend,
+            self.preprocess,
         )
         for top, band in bands:
             sink = sink or _Sink(band.shape[0], chw.shape[1:], confidence, probs)
@@ -262,11 +315,13 @@ class Predictor:
         return self.predict(image, probs=True).probs
 
 
-def same_size_groups(images: Sequence[np.ndarray], batch_size: int) -> Iterator[list[np.ndarray]]:
-    """Consecutive images of one size, at most ``batch_size`` at a time (order kept)."""
-    group: list[np.ndarray] = []
+def same_size_groups(
+    images: Sequence[tuple[int, np.ndarray]], batch_size: int
+) -> Iterator[list[tuple[int, np.ndarray]]]:
+    """Consecutive (index, image) pairs of one image size, at most ``batch_size`` at a time (order kept)."""
+    group: list[tuple[int, np.ndarray]] = []
     for image in images:
-        if group and (image.shape != group[0].shape or len(group) == batch_size):
+        if group and (image[1].shape != group[0][1].shape or len(group) == batch_size):
             yield group
             group = []
         group.append(image)
