@@ -82,7 +82,8 @@ class DataConfig:
     mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list = field(default_factory=lambda: list(IMAGENET_STD))
     workers: int = 2
-    # skip (with a warning, counted) samples that fail to decode, instead of stopping
+    # skip (with a warning, counted) training samples that fail to decode, instead of stopping;
+    # evaluation never skips (docs/safety.md)
     skip_bad_samples: bool = False
 
 

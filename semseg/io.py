@@ -492,6 +492,21 @@ def check_writable_file(path: str | os.PathLike, what: str = "output file") -> P
     return path
 
 
+def check_not_an_input(out: str | os.PathLike, inputs: list[str | os.PathLike | None], flag: str = "--out") -> None:
+    """SemsegError when ``out`` is one of ``inputs`` (the same file, under any name): writing it would destroy the input."""
+    out_path = Path(out)
+    for source in inputs:
+        if source is None:
+            continue
+        source_path = Path(source)
+        if out_path.exists() and source_path.exists():
+            same = os.path.samefile(out_path, source_path)
+        else:
+            same = out_path.resolve() == source_path.resolve()
+        if same:
+            raise SemsegError(f"{out}: {flag} is the input file {source}; writing it would destroy the input: name another file")
+
+
 LOCK_NAME = ".semseg.lock"
 
 

@@ -118,7 +118,7 @@ def test_fixed_size_graph_refuses_what_it_cannot_run(toy_onnx):
     assert Predictor(OnnxModel(folder / "static.onnx"), mode="slide").crop == (32, 48)
 
 
-def test_a_failed_parity_check_fails_the_export_and_removes_the_file(tmp_path, monkeypatch):
+def test_a_failed_parity_check_fails_the_export_and_keeps_the_existing_file(tmp_path, monkeypatch):
     real_export = export.export_onnx
 
     def export_a_different_model(model, path, *args, **kwargs):
@@ -128,9 +128,14 @@ def test_a_failed_parity_check_fails_the_export_and_removes_the_file(tmp_path, m
         return real_export(other, path, *args, **kwargs)
 
     monkeypatch.setattr(export, "export_onnx", export_a_different_model)
-    with pytest.raises(SemsegError, match="parity check failed"):
+    with pytest.raises(SemsegError, match="bad.onnx: parity check failed.*a file already there is left as it was"):
         export_checked(ToySeg(), tmp_path / "bad.onnx", (32, 32))
     assert not (tmp_path / "bad.onnx").exists()
+    (tmp_path / "bad.onnx").write_bytes(b"the deployed model")
+    with pytest.raises(SemsegError, match="parity check failed"):
+        export_checked(ToySeg(), tmp_path / "bad.onnx", (32, 32))
+    assert (tmp_path / "bad.onnx").read_bytes() == b"the deployed model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
 
 
 def test_check_parity_reports_differences(toy_onnx):
@@ -315,7 +320,7 @@ def test_export_half_checkpoint_halves_the_file_and_predicts_the_same(zoo_checkp
     assert (Predictor(reloaded, precision="fp32")(rgb(45, 70)) == Predictor(model, precision="fp32")(rgb(45, 70))).mean() >= 0.999
 
 
-def test_export_checkpoint_fails_its_parity_check_and_removes_the_file(zoo_checkpoint, tmp_path, monkeypatch):
+def test_export_checkpoint_fails_its_parity_check_and_keeps_the_existing_file(zoo_checkpoint, tmp_path, monkeypatch):
     from semseg.models import load_model
 
     _, model = zoo_checkpoint
@@ -325,6 +330,11 @@ def test_export_checkpoint_fails_its_parity_check_and_removes_the_file(zoo_check
     with pytest.raises(SemsegError, match="parity check failed: the exported weights agree"):
         export_checkpoint_module.export_checkpoint_checked(model, tmp_path / "x.pt", (32, 48))
     assert not (tmp_path / "x.pt").exists()
+    (tmp_path / "x.pt").write_bytes(b"the deployed model")
+    with pytest.raises(SemsegError, match="x.pt: parity check failed"):
+        export_checkpoint_module.export_checkpoint_checked(model, tmp_path / "x.pt", (32, 48))
+    assert (tmp_path / "x.pt").read_bytes() == b"the deployed model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]
 
 
 @pytest.mark.parametrize(

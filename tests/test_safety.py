@@ -363,7 +363,8 @@ def test_train_skips_bad_training_samples_only_when_told_and_names_them(corpus, 
     root = tmp_path / "data"
     _folder_dataset(root, folder, cases, "train")
     _folder_dataset(root, folder, {"good.png": cases["good.png"]}, "val")
-    run = run_cli("train", "--run-dir", str(tmp_path / "strict"), f"data.root={root}", *TRAIN)
+    # in a DataLoader worker: its error comes back as one line too, not with the worker's traceback
+    run = run_cli("train", "--run-dir", str(tmp_path / "strict"), f"data.root={root}", *TRAIN, "data.workers=1")
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     bad = [name for name, case in cases.items() if case.expect != "ok"]
     assert len(run.stderr.strip().splitlines()) == 1 and any(f"images/train/{name}: " in run.stderr for name in bad), run.stderr
@@ -373,3 +374,137 @@ def test_train_skips_bad_training_samples_only_when_told_and_names_them(corpus, 
         if case.expect != "ok":
             assert f"images/train/{name}: " in run.stderr, name
     assert (tmp_path / "skip" / "last.pt").exists()
+    bad = sum(case.expect != "ok" for case in cases.values())
+    assert "epoch 1/1 | " in run.stdout and f"{bad} bad samples skipped" in run.stdout, run.stdout
+    assert "UserWarning" not in run.stderr
+
+
+def test_evaluation_never_skips_and_class_statistics_agree_with_training(tiny_camvid, tmp_path, capsys):
+    import shutil
+
+    from semseg.cli import main
+    from semseg.config import DataConfig
+    from semseg.data import build_dataset, class_statistics
+
+    root = tmp_path / "camvid"
+    shutil.copytree(tiny_camvid, root)
+    bad_mask = sorted((root / "trainannot").glob("*.png"))[1]
+    bad_mask.write_bytes(b"")
+    cfg = DataConfig(format="camvid", root=str(root), skip_bad_samples=True)
+    train_set = build_dataset(cfg, "train", skip_bad_samples=True)
+    stats = class_statistics(train_set)
+    good = [build_dataset(cfg, "train").read_mask(i) for i in (0, 2, 3)]
+    assert stats["skipped"] == 1 and stats["num_images"] == 3
+    assert sum(stats["class_pixels"]) + stats["ignored_pixels"] == sum(m.size for m in good)
+    # a run with median-frequency weights trains (the statistics skip what training skips)
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), f"data.root={root}", *FAST, "train.epochs=1", "data.skip_bad_samples=true",
+                 "train.class_weights=median_freq"]) == 0
+    err = capsys.readouterr().err
+    assert f"class statistics: skipped {bad_mask}: cannot read image" in err
+    # a bad val frame: `semseg val` fails naming it, even though the run skips bad training samples
+    bad_val = sorted((root / "val").glob("*.png"))[0]
+    bad_val.write_bytes(b"")
+    assert main(["val", "--checkpoint", str(run / "last.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bad_val}: cannot read image" in err
+
+
+# ------------------------------------------------------------------ export and weights
+@pytest.fixture(scope="module")
+def three_class_weights(tmp_path_factory) -> tuple[Path, Path]:
+    """A training-like checkpoint and a raw state dict of a 3-class model."""
+    import torch
+
+    from semseg.checkpoint import save_checkpoint
+    from semseg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", 3).eval()
+    folder = tmp_path_factory.mktemp("weights")
+    save_checkpoint({"model_name": model.model_name, "model_meta": model.pretrained_cfg.to_dict(),
+                     "model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []}}, folder / "last.pt")
+    torch.save(model.state_dict(), folder / "weights.pth")
+    return folder / "last.pt", folder / "weights.pth"
+
+
+def test_export_refuses_to_write_over_its_input(three_class_weights, tmp_path, capsys):
+    from semseg.cli import main
+
+    checkpoint, weights = three_class_weights
+    before = checkpoint.read_bytes()
+    os.symlink(checkpoint, tmp_path / "alias.pt")
+    for out in (checkpoint, tmp_path / "alias.pt"):
+        assert main(["export", "--checkpoint", str(checkpoint), "--format", "semseg", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"semseg: error: {out}: --out is the input file {checkpoint}; writing it would destroy the input: name another file\n"
+    assert main(["export", "--model", "lraspp_mobilenet_v3_large", "--weights", str(weights), "--num-classes", "3",
+                 "--out", str(weights)]) == 2
+    assert "--out is the input file" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before
+    (tmp_path / "folder.onnx").mkdir()
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "folder.onnx")]) == 2
+    assert "folder.onnx: the --out file is a folder; name a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["export", "predict"])
+def test_a_class_count_that_differs_from_the_weights_is_refused(three_class_weights, tmp_path, capsys, command):
+    from semseg.cli import main
+
+    _, weights = three_class_weights
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a.png")
+    source = [str(tmp_path / "a.png")] if command == "predict" else []
+    out = tmp_path / ("out" if command == "predict" else "m.onnx")
+    args = [command, *source, "--model", "lraspp_mobilenet_v3_large", "--weights", str(weights), "--num-classes", "5",
+            "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{weights}: the weights are for 3 classes but the model is built for 5" in err
+    assert "(--num-classes 3)" in err and not out.exists()
+
+
+# ------------------------------------------------------------------ run folders
+from conftest import FAST  # noqa: E402 - the tiny_camvid fixture lives in conftest.py
+
+
+def test_a_folder_holding_a_previous_run_is_refused_unless_overwrite(tiny_camvid, tmp_path, capsys):
+    from semseg.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"a model someone kept")
+    (run / "metrics.jsonl").write_text("{}\n")
+    args = ["train", "--run-dir", str(run), f"data.root={tiny_camvid}", *FAST, "train.epochs=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (f"semseg: error: {run} already holds a run (best.pt, metrics.jsonl); pick another --run-dir, "
+                   "or replace it with --overwrite\n")
+    assert (run / "best.pt").read_bytes() == b"a model someone kept" and not (run / "config.yaml").exists()
+    assert main([*args, "--overwrite"]) == 0
+    from semseg.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "best.pt")["epoch"] == 1 and len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    # now it holds last.pt: the message offers --resume too
+    assert main(args) == 2
+    assert f"continue it with --resume {run}, pick another --run-dir" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--run-dir", str(run)]) == 2
+    assert "--resume DIR continues the run in DIR: leave out --run-dir and --overwrite" in capsys.readouterr().err
+
+
+def test_a_second_command_on_a_locked_run_folder_is_refused(tiny_camvid, tmp_path, capsys):
+    from semseg.cli import main
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (tmp_path / "run" / "last.pt").write_bytes(b"the run's checkpoint")
+        for args in (["--run-dir", str(tmp_path / "run"), f"data.root={tiny_camvid}", *FAST], ["--resume", str(tmp_path / "run")]):
+            assert main(["train", *args]) == 2
+            err = capsys.readouterr().err
+            assert f"{tmp_path / 'run'}: the run folder is in use by another semseg command (process {holder.pid}" in err
+        assert not (tmp_path / "run" / "config.yaml").exists()
+        assert (tmp_path / "run" / "last.pt").read_bytes() == b"the run's checkpoint"
+    finally:
+        holder.kill()
+        holder.wait()

@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_message(exc: SemsegError) -> str:
+    """The message of ``exc``; for one re-raised by a DataLoader worker, the original message without its traceback."""
+    text = str(exc)
+    if text.startswith("Caught ") and "SemsegError: " in text:  # torch's ExceptionWrapper: "Caught ... Original Traceback ..."
+        return text.rsplit("SemsegError: ", 1)[1].strip()
+    return text
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every ``finally`` runs (atomic writes remove their temporaries)."""
 
@@ -87,7 +95,7 @@ def _main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         setup_logging(-1 if args.quiet else 1 if args.verbose else 0)
         return int(args.handler(args) or 0)
     except SemsegError as exc:
-        print(f"semseg: error: {exc}", file=sys.stderr)
+        print(f"semseg: error: {error_message(exc)}", file=sys.stderr)
         return 2
     except Terminated:
         print("semseg: terminated", file=sys.stderr)

@@ -32,11 +32,14 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     from semseg.checkpoint import load_checkpoint
     from semseg.export import check_export_options, export_model
+    from semseg.io import check_not_an_input, check_writable_file
     from semseg.models import load_torch_model
 
     check_export_options(args.format, args.half, args.dynamic)  # before the model loads
     if args.checkpoint is None and args.model is None:
         raise SemsegError("say what to export: --checkpoint FILE, or --model NAME --weights FILE --num-classes N")
+    check_not_an_input(args.out, [args.checkpoint, args.weights])
+    check_writable_file(args.out, "--out file")
     model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
     provenance = load_checkpoint(args.checkpoint) if args.checkpoint and args.format == "semseg" else None
     report = export_model(model, args.out, args.format, args.size, args.dynamic, args.opset, args.half,

@@ -7,6 +7,7 @@ import shlex
 import sys
 
 from semseg.cli.args import split_overrides
+from semseg.errors import SemsegError
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -14,14 +15,19 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="YAML config file, or a bundled config's name (semseg configs)")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<name>-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the previous run in --run-dir (its last.pt, best.pt, metrics.jsonl and config.yaml are deleted)")
     p.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from semseg.engine.loop import TrainingInterrupted, train
 
+    if args.resume and (args.run_dir or args.overwrite):
+        raise SemsegError("--resume DIR continues the run in DIR: leave out --run-dir and --overwrite")
     try:
-        run_dir = train(config_path=args.config, overrides=split_overrides(args.extra), run_dir=args.run_dir, resume=args.resume)
+        run_dir = train(config_path=args.config, overrides=split_overrides(args.extra), run_dir=args.run_dir,
+                        resume=args.resume, overwrite=args.overwrite)
     except TrainingInterrupted as stop:
         if stop.resumable:
             print(f"semseg: interrupted; continue this run with: semseg train --resume {shlex.quote(str(stop.run_dir))}",

@@ -8,7 +8,6 @@ decodes masks through the one lookup table (:mod:`semseg.data.masks`) and hands
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,11 +27,11 @@ from semseg.io import read_image
 from semseg.meta import check_num_classes
 from semseg.progress import Progress
 
+log = logging.getLogger(__name__)
+
 # A bad sample is replaced by the next one; this many bad ones in a row stop the run.
 MAX_CONSECUTIVE_BAD = 16
 MAX_WORKER_SLOTS = 64
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,16 +112,23 @@ class SegDataset(Dataset):
         return image, mask
 
     def _read_or_skip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """``read_pair(index)``; with skip_bad_samples, a bad sample is counted and the next one read."""
+        """``read_pair(index)``; with skip_bad_samples, a bad sample is counted and logged, and the next good one read.
+
+        The count and the log line are for sample ``index`` itself: the bad
+        samples tried in its place are counted when the sampler draws them, so
+        an epoch counts each bad sample once.
+        """
         for attempt in range(MAX_CONSECUTIVE_BAD):
             try:
                 return self.read_pair((index + attempt) % len(self))
             except SemsegError as exc:
                 if not self.skip_bad_samples:
                     raise
-                worker = get_worker_info()
-                self._skips[worker.id % MAX_WORKER_SLOTS if worker is not None else MAX_WORKER_SLOTS] += 1
-                warnings.warn(f"skipping bad sample: {exc}", stacklevel=3)
+                if attempt == 0:
+                    worker = get_worker_info()
+                    self._skips[worker.id % MAX_WORKER_SLOTS if worker is not None else MAX_WORKER_SLOTS] += 1
+                    # a log record, one line on the console (a Python warning would print its source line too)
+                    log.warning("skipping bad sample: %s", exc)
                 last_error = exc
         raise SemsegError(f"{MAX_CONSECUTIVE_BAD} bad samples in a row from index {index} on; the last: {last_error}")
 
@@ -153,14 +159,21 @@ def raise_on_problems(listing: Listing, cfg: DataConfig, split: str) -> None:
     )
 
 
-def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None) -> SegDataset:
+def build_dataset(
+    cfg: DataConfig, split: str, transform: Callable | None = None, skip_bad_samples: bool = False
+) -> SegDataset:
     """The dataset of ``split`` described by ``cfg``: a split name such as ``cfg.train_split``, or a part held
-    out of the training split (``groups:...``, ``fold:K/N``; see :mod:`semseg.data.splits`)."""
+    out of the training split (``groups:...``, ``fold:K/N``; see :mod:`semseg.data.splits`).
+
+    ``skip_bad_samples`` is passed explicitly, never read from ``cfg``: only the
+    training set may skip (``cfg.skip_bad_samples``); an evaluation that skipped a
+    frame would count another one twice and report a different score.
+    """
     info = dataset_info(cfg)
     decoder = mask_decoder(cfg, info.num_classes)
     listing = split_listing(cfg, split)
     raise_on_problems(listing, cfg, split)
-    return SegDataset(listing.pairs, info, decoder, transform, cfg.skip_bad_samples)
+    return SegDataset(listing.pairs, info, decoder, transform, skip_bad_samples)
 
 
 # ---------------------------------------------------------------- class statistics
@@ -193,9 +206,16 @@ class _MaskCounts(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> np.ndarray:
-        info = self.dataset.info
-        return mask_counts(self.dataset.read_mask(index), info.num_classes, info.ignore_index)
+    def __getitem__(self, index: int) -> np.ndarray | str:
+        """The sample's counts; with skip_bad_samples, the error of a sample training skips (image or mask)."""
+        dataset, info = self.dataset, self.dataset.info
+        if not dataset.skip_bad_samples:
+            return mask_counts(dataset.read_mask(index), info.num_classes, info.ignore_index)
+        try:  # the same check as training's skip: both files decoded, sizes compared
+            _, mask = dataset.read_pair(index)
+        except SemsegError as exc:
+            return str(exc)
+        return mask_counts(mask, info.num_classes, info.ignore_index)
 
 
 def parallel_map(dataset: Dataset, workers: int, desc: str | None = None) -> list[Any]:
@@ -222,5 +242,12 @@ def class_statistics(dataset: SegDataset, workers: int = 0) -> dict[str, Any]:
     Returns ``class_pixels`` (pixels per class), ``present_pixels`` (per class, all
     pixels of the images that contain it: SegNet median-frequency weights),
     ``image_counts`` (images containing each class), ``ignored_pixels``, ``num_images``.
+    With ``dataset.skip_bad_samples`` the samples training skips are left out
+    (each logged) and counted in ``skipped``; without it a bad sample raises.
     """
-    return accumulate_counts(parallel_map(_MaskCounts(dataset), workers, "class statistics"), dataset.info.num_classes)
+    rows = parallel_map(_MaskCounts(dataset), workers, "class statistics")
+    errors = [row for row in rows if isinstance(row, str)]
+    for error in errors:
+        log.warning("class statistics: skipped %s", error)
+    counts = accumulate_counts([row for row in rows if not isinstance(row, str)], dataset.info.num_classes)
+    return {**counts, "skipped": len(errors)}

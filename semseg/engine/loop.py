@@ -9,11 +9,13 @@ within an epoch to :mod:`semseg.progress`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -27,7 +29,7 @@ from semseg.engine.state import best_state, checkpoint_state, epoch_seed, restor
 from semseg.engine.trainer import Trainer
 from semseg.errors import SemsegError
 from semseg.losses.boundary import boundary_loss
-from semseg.io import write_text_atomic
+from semseg.io import folder_lock, write_text_atomic
 from semseg.metrics import MEAN_KEYS, format_report
 from semseg.progress import Progress
 from semseg.reports.report import ReportInputs, write_report, write_results_csv
@@ -79,7 +81,8 @@ def train_one_epoch(trainer: Trainer, forward: nn.Module) -> dict[str, float]:
     """One pass over the training set, cut short at the step that spends the time budget.
 
     Returns ``train_loss`` (mean over the batches run), ``lr`` (the lr of the last
-    optimizer step), ``images_per_s``, ``train_time_s`` and ``batches`` (run of ``len(loader)``).
+    optimizer step), ``images_per_s``, ``train_time_s`` and ``batches`` (run of ``len(loader)``),
+    and with ``data.skip_bad_samples`` ``skipped_samples``: the bad samples skipped in this epoch, all ranks.
     """
     cfg = trainer.cfg.train
     trainer.model.train()
@@ -90,6 +93,8 @@ def train_one_epoch(trainer: Trainer, forward: nn.Module) -> dict[str, float]:
     bar = Progress(steps, f"epoch {trainer.epoch + 1}/{cfg.epochs}", unit="batch", logger=log, every=cfg.log_every,
                    enabled=trainer.dist.is_main)
     total_loss, seen, done, start = 0.0, 0, 0, time.perf_counter()
+    skipping = getattr(loader.dataset, "skip_bad_samples", False)
+    skipped_before = loader.dataset.skipped if skipping else 0
     lr = trainer.optimizer.param_groups[0]["lr"]
     trainer.optimizer.zero_grad(set_to_none=True)
     for i, (images, masks) in enumerate(loader):
@@ -115,7 +120,11 @@ def train_one_epoch(trainer: Trainer, forward: nn.Module) -> dict[str, float]:
     bar.close()
     elapsed = time.perf_counter() - start
     mean_loss = dist_utils.mean_across_ranks(total_loss / max(1, done), trainer.device)
-    return {"train_loss": mean_loss, "lr": lr, "images_per_s": seen / elapsed, "train_time_s": elapsed, "batches": done}
+    result = {"train_loss": mean_loss, "lr": lr, "images_per_s": seen / elapsed, "train_time_s": elapsed, "batches": done}
+    if skipping:
+        skipped = loader.dataset.skipped - skipped_before
+        result["skipped_samples"] = round(dist_utils.mean_across_ranks(skipped, trainer.device) * trainer.dist.world_size)
+    return result
 
 
 def _optimizer_step(trainer: Trainer) -> None:
@@ -152,6 +161,8 @@ def _log_epoch(trainer: Trainer, entry: dict[str, Any]) -> None:
         return
     parts = [f"epoch {entry['epoch']}/{trainer.cfg.train.epochs}", f"loss {entry['train_loss']:.4f}", f"lr {entry['lr']:.2e}"]
     parts.append(f"{entry['images_per_s']:.1f} img/s")
+    if entry.get("skipped_samples"):
+        parts.append(f"{entry['skipped_samples']} bad samples skipped")
     if "miou" in entry:
         parts.append(f"val mIoU {100 * entry['miou']:.2f}")
         parts.append(f"best {100 * trainer.best_miou:.2f} (epoch {trainer.best_epoch})")
@@ -361,25 +372,78 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.run_dir, self.resumable = run_dir, resumable
 
 
+# what a run writes into its folder: a folder holding any of them holds a previous run
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml")
+# what else a run writes there (semseg.reports), removed with RUN_FILES by --overwrite
+REPORT_FILES = ("results.csv", "summary.json", "report.html", "results.png", "class_iou.png", "confusion_matrix.png",
+                "confusion_matrix_normalized.png", "class_pixels.png", "val_gallery.png")
+
+
 def train(
-    config_path: str | Path | None, overrides: list[str], run_dir: str | Path | None = None, resume: str | Path | None = None
+    config_path: str | Path | None,
+    overrides: list[str],
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """``semseg train``: a new run (config file, then ``key=value`` overrides), or ``resume`` the run in that folder.
 
-    Returns the run folder. Ctrl-C raises :class:`TrainingInterrupted` naming the folder to ``--resume``.
+    The run folder is locked for the life of the run (a second command on it is
+    refused; the lock dies with the process). A new run refuses a folder holding
+    any of :data:`RUN_FILES` unless ``overwrite``, which deletes them (and the
+    report files and ``tensorboard/``) first. Returns the run folder. Ctrl-C
+    raises :class:`TrainingInterrupted` naming the folder to ``--resume``.
     """
     if resume:
         run_path = Path(resume)
-        state = load_checkpoint(run_path / "last.pt")
-        cfg = load_config(config_path, overrides, base=state["config"])
+        if not (run_path / "last.pt").is_file():  # checked before the lock, which would create the folder
+            raise SemsegError(f"{run_path / 'last.pt'}: checkpoint file not found; --resume DIR takes the folder of a run")
     else:
         cfg = load_config(config_path, overrides)
         run_path = Path(run_dir) if run_dir else _default_run_dir(cfg)
-        if (run_path / "last.pt").exists():
-            raise SemsegError(f"{run_path} already holds a run (last.pt); continue it with --resume {run_path} or pick another --run-dir")
-        state = None
-    try:
-        fit(cfg, run_path, resume_state=state)
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(run_path.resolve(), (run_path / "last.pt").is_file()) from None
+    with _run_folder_lock(run_path):
+        if resume:
+            state = load_checkpoint(run_path / "last.pt")
+            cfg = load_config(config_path, overrides, base=state["config"])
+        else:
+            _clear_previous_run(run_path, overwrite)
+            state = None
+        try:
+            fit(cfg, run_path, resume_state=state)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(run_path.resolve(), (run_path / "last.pt").is_file()) from None
     return run_path
+
+
+def _clear_previous_run(run_path: Path, overwrite: bool) -> None:
+    """SemsegError when ``run_path`` holds a previous run, unless ``overwrite``: then its files are deleted."""
+    previous = [name for name in RUN_FILES if (run_path / name).exists()]
+    if not previous:
+        return
+    if not overwrite:
+        resumable = f"continue it with --resume {run_path}, " if "last.pt" in previous else ""
+        raise SemsegError(
+            f"{run_path} already holds a run ({', '.join(previous)}); {resumable}pick another --run-dir, "
+            "or replace it with --overwrite"
+        )
+    if _launch_rank() != 0:
+        return
+    for name in (*RUN_FILES, *REPORT_FILES):
+        (run_path / name).unlink(missing_ok=True)
+    shutil.rmtree(run_path / "tensorboard", ignore_errors=True)
+    log.info("--overwrite: removed the previous run's files from %s", run_path)
+
+
+def _launch_rank() -> int:
+    """This process's rank under torchrun (0 without it), known before the process group starts."""
+    return int(os.environ.get("RANK", "0"))
+
+
+@contextlib.contextmanager
+def _run_folder_lock(run_path: Path) -> Iterator[None]:
+    """The run folder locked for the block, by rank 0 (the process that writes it); other ranks only read it."""
+    if _launch_rank() != 0:
+        yield
+        return
+    with folder_lock(run_path, "run folder"):
+        yield

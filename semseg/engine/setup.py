@@ -128,7 +128,8 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.train.seed)
 
-    train_set = build_dataset(cfg.data, cfg.data.train_split, train_transform(cfg.data))
+    # data.skip_bad_samples is for training only: evaluation never skips (a skipped frame changes the score)
+    train_set = build_dataset(cfg.data, cfg.data.train_split, train_transform(cfg.data), cfg.data.skip_bad_samples)
     val_set = build_dataset(cfg.data, cfg.data.val_split, eval_transform(cfg.data)) if cfg.data.val_split else None
     if dist.is_main and (warning := leakage_warning(cfg.data)):
         log.warning(warning)

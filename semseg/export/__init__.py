@@ -4,13 +4,16 @@
 - ``semseg`` (:mod:`semseg.export.checkpoint`): an inference checkpoint (weights, float16 on request, and metadata).
 
 Every export is compared with the PyTorch model on sample inputs
-(:mod:`semseg.export.parity`); one that disagrees is removed and raises.
+(:mod:`semseg.export.parity`) before it replaces the output file: it is
+written to a temporary file beside it, checked, then renamed over it, so a
+failed export or check leaves a file already there as it was.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal, Sequence, get_args
 
 from torch import nn
@@ -19,6 +22,7 @@ from semseg.errors import SemsegError
 from semseg.export.checkpoint import PROVENANCE_KEYS, export_checkpoint, export_checkpoint_checked
 from semseg.export.onnx import DEFAULT_EXPORT_SIZE, NOT_EXPORTABLE, check_parity, export_checked, export_onnx, fixed_size_only
 from semseg.export.parity import PARITY_MIN_AGREEMENT, compare_logits, compare_workflow, parity_inputs, workflow_frames
+from semseg.io import remove_stale_temporaries
 from semseg.meta import ModelMeta, check_tta_scales
 from semseg.predict.functional import Size, as_size
 
@@ -56,6 +60,7 @@ only (False), or any where the model allows it (None). ``half`` (semseg): float1
     ``provenance``: entries of the training checkpoint an inference checkpoint keeps.
     """
     check_export_options(fmt, half, dynamic)
+    remove_stale_temporaries(Path(out).parent, Path(out).name)  # of an export killed by SIGKILL
     if tta_scales is not None:
         model.pretrained_cfg = replace(ModelMeta.of(model), tta_scales=check_tta_scales(tta_scales, "--tta-scales"))
     size = as_size(size, "--size") or ModelMeta.of(model).input_size or DEFAULT_EXPORT_SIZE

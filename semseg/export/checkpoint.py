@@ -10,6 +10,7 @@ from torch import nn
 
 from semseg.checkpoint import save_checkpoint
 from semseg.export.parity import compare_logits, fail_unless_parity, parity_inputs
+from semseg.io import staged_path
 from semseg.meta import ModelMeta
 from semseg.models.factory import load_model
 from semseg.predict.functional import Size
@@ -43,9 +44,14 @@ def export_checkpoint(
 def export_checkpoint_checked(
     model: nn.Module, path: str | os.PathLike, input_size: Size, half: bool = False, provenance: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Export, reload, and check the reloaded model's logits against ``model``; a failed check removes the file."""
-    path = export_checkpoint(model, path, half, provenance)
+    """Export to a temporary file, reload it, check its logits against ``model``, then replace ``path``.
+
+    A failed export or check raises and leaves ``path`` as it was.
+    """
+    path = Path(path)
     meta = ModelMeta.of(model)
-    report = compare_logits(model, load_model(path), parity_inputs(input_size, meta.mean, meta.std), f"{path}:")
-    fail_unless_parity(report, path, "the exported weights agree with the original")
+    with staged_path(path) as staged:
+        export_checkpoint(model, staged, half, provenance)
+        report = compare_logits(model, load_model(staged), parity_inputs(input_size, meta.mean, meta.std), f"{path}:")
+        fail_unless_parity(report, path, "the exported weights agree with the original")
     return report

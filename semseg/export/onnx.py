@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from semseg.export.parity import (
     PARITY_MIN_AGREEMENT, compare_logits, compare_workflow, fail_unless_parity, parity_inputs, workflow_frames,
 )
+from semseg.io import staged_path
 from semseg.meta import ModelMeta, Size, as_size
 from semseg.runtime.convert import (  # noqa: F401  (the graph writer lives below prediction; re-exported here)
     DEFAULT_EXPORT_SIZE, INPUT_NAME, NOT_EXPORTABLE, OUTPUT_NAME, export_onnx, fixed_size_only,
@@ -39,7 +40,8 @@ def export_checked(
     dynamic: bool | None = None,
     opset: int = 17,
 ) -> dict[str, Any]:
-    """Export, then check it; a failed check removes the file and raises.
+    """Export to a temporary file beside ``path``, check it, then replace ``path``; a failed export or
+    check raises and leaves ``path`` as it was.
 
     Two checks: the graph's logits against PyTorch's on :func:`parity_inputs`,
     and the labels of the prediction workflow on the shipped street frames
@@ -49,18 +51,20 @@ def export_checked(
     a warning says how far tiling moves its labels from the PyTorch model's.
     Returns the logits report with ``dynamic`` and the workflow agreements.
     """
-    path = export_onnx(model, path, input_size, dynamic, opset)
+    path = Path(path)
     meta = ModelMeta.of(model)
-    session = OnnxModel(path, device="cpu")
-    dynamic = session.dynamic
-    report = check_parity(model, path, parity_inputs(as_size(input_size, "input size"), meta.mean, meta.std, dynamic))
-    fail_unless_parity(report, path, "ONNX Runtime agrees with PyTorch")
-    workflow = compare_workflow(model, session, workflow_frames())
-    key = "workflow_agreement" if dynamic else "graph_agreement"
-    who = "semseg predict --onnx agrees with semseg predict on the PyTorch model"
-    if not dynamic:
-        who = "semseg predict --onnx agrees with the PyTorch model run in the same tiles"
-    fail_unless_parity({**report, "agreement": workflow[key]}, path, who)
+    with staged_path(path) as staged:
+        export_onnx(model, staged, input_size, dynamic, opset)
+        session = OnnxModel(staged, device="cpu")
+        dynamic = session.dynamic
+        report = check_parity(model, staged, parity_inputs(as_size(input_size, "input size"), meta.mean, meta.std, dynamic))
+        fail_unless_parity(report, path, "ONNX Runtime agrees with PyTorch")
+        workflow = compare_workflow(model, session, workflow_frames())
+        key = "workflow_agreement" if dynamic else "graph_agreement"
+        who = "semseg predict --onnx agrees with semseg predict on the PyTorch model"
+        if not dynamic:
+            who = "semseg predict --onnx agrees with the PyTorch model run in the same tiles"
+        fail_unless_parity({**report, "agreement": workflow[key]}, path, who)
     if not dynamic and workflow["workflow_agreement"] < PARITY_MIN_AGREEMENT:
         log.warning("a graph of one size predicts the sample street frames unlike the PyTorch model at native size "
                     "on %.2f%% of pixels (its tiles see less context); export with --dynamic where the model allows it",

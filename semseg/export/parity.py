@@ -78,12 +78,16 @@ def compare_logits(model: nn.Module, candidate: Any, inputs: Sequence[Tensor], l
 
 
 def fail_unless_parity(report: dict[str, Any], path: Path, who_agrees: str) -> None:
-    """Remove ``path`` and raise when the argmax agreement of ``report`` is below the parity threshold."""
+    """Raise when the argmax agreement of ``report`` is below the parity threshold.
+
+    The export was written to a temporary file (:func:`semseg.io.staged_path`),
+    which the error removes: ``path`` keeps what it held before.
+    """
     if report["agreement"] < PARITY_MIN_AGREEMENT:
-        path.unlink(missing_ok=True)
         raise SemsegError(
             f"{path}: parity check failed: {who_agrees} on {100 * report['agreement']:.3f}% of pixels "
-            f"(needs {100 * PARITY_MIN_AGREEMENT:.1f}%), max logit difference {report['max_abs_diff']:.3g}; file removed"
+            f"(needs {100 * PARITY_MIN_AGREEMENT:.1f}%), max logit difference {report['max_abs_diff']:.3g}; "
+            "nothing written (a file already there is left as it was)"
         )
 
 

@@ -181,5 +181,5 @@ def load_torch_model(
         raise SemsegError(f"--model {model_name} needs --weights FILE (a state dict) and --num-classes N")
     check_num_classes(num_classes, "--num-classes")
     model = create_model(model_name, num_classes)
-    load_weights(model, weights)
+    load_weights(model, weights, new_head_ok=False)  # a new head is for fine-tuning only, never for predict or export
     return model

@@ -114,6 +114,18 @@ def load_state(model: SegModel, state: dict[str, Any], source: str, strict: bool
     return fit
 
 
+def _class_count_message(model: SegModel, state: dict[str, Tensor], fit: StateFit, source: str) -> str:
+    """The class-count mismatch as one message: a new head is random, so only fine-tuning may start from one."""
+    classes = model.pretrained_cfg.num_classes
+    own = model.state_dict()
+    found = sorted({int(state[k].shape[0]) for k in fit.new_head if own[k].shape[0] == classes}) or ["another number of"]
+    return (
+        f"{source}: the weights are for {', '.join(map(str, found))} classes but the model is built for {classes}; "
+        "a new head would be random: predict and export with the class count the weights were trained for "
+        f"(--num-classes {found[0]}), and fine-tune for {classes} classes with train model.pretrained={source}"
+    )
+
+
 def _unpack(obj: Any, path: str) -> tuple[dict[str, Tensor], str | None, dict | None]:
     """(state dict, model name, model_meta) of a semseg checkpoint, a ``{"state_dict": ...}`` file or a state dict."""
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
@@ -125,7 +137,7 @@ def _unpack(obj: Any, path: str) -> tuple[dict[str, Tensor], str | None, dict | 
     return obj, None, None
 
 
-def load_weights(model: SegModel, path: str | os.PathLike, strict: bool = True) -> SegModel:
+def load_weights(model: SegModel, path: str | os.PathLike, strict: bool = True, new_head_ok: bool = True) -> SegModel:
     """Load weights file ``path`` into zoo model ``model`` (in place; returns it).
 
     ``path``: a semseg checkpoint, or a state dict of the whole model (semseg's,
@@ -134,7 +146,8 @@ def load_weights(model: SegModel, path: str | os.PathLike, strict: bool = True) 
     folder. Weights for another class count load all but the last layers,
     with a warning. A checkpoint's class names, palette, mean and std come
     along when its class count is the model's. ``strict=False`` loads what
-    fits and warns about the rest.
+    fits and warns about the rest. ``new_head_ok=False`` (prediction, export:
+    a re-initialized head is a random one) makes a class-count mismatch a SemsegError.
     """
     path = str(path)
     if os.path.isdir(path):  # a transformers from_pretrained folder
@@ -142,7 +155,15 @@ def load_weights(model: SegModel, path: str | os.PathLike, strict: bool = True) 
         model.pretrained_cfg = replace(hf_meta(path, model.pretrained_cfg), source=path)
         return model
     state, from_model, meta = _unpack(load_file(path), path)
-    load_state(model, state, source=path, strict=strict, from_model=from_model)
+    try:
+        load_state(model, state, source=path, strict=strict, new_head_ok=new_head_ok, from_model=from_model)
+    except SemsegError:
+        if new_head_ok or not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise
+        fit = fit_state(model, _with_net_prefix(state), True)
+        if not fit.new_head or fit.problems():
+            raise
+        raise SemsegError(_class_count_message(model, _with_net_prefix(state), fit, path)) from None
     cfg = model.pretrained_cfg
     if meta and meta.get("num_classes") == cfg.num_classes:
         cfg = ModelMeta.from_dict(meta)
