@@ -10,7 +10,8 @@ Probes: ``metrics`` (``ConfusionMatrix.update`` on the label maps of bench_metri
 uint8 and int64), ``predict`` (``semseg.Predictor`` on CamVid-sized frames:
 whole mode at the default precision and at fp32, and flip + 3-scale TTA; CPU
 time, one thread), ``process`` (``semseg predict`` end to end, torch and ONNX
-Runtime, wall time).
+Runtime, wall time), ``decode`` (``semseg.io.read_image`` of PNG and JPEG frames:
+the header checks, EXIF and mode handling every image goes through; CPU time).
 
     git worktree add --detach /tmp/before <rev>
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ab.py --before /tmp/before --after . --rounds 8 predict
@@ -108,7 +109,31 @@ export_checked(model, work / "model.onnx", (360, 480), dynamic=True)
 print("{}")
 """
 
-PROBES = {"metrics": METRICS, "predict": PREDICT, "process": PROCESS}
+DECODE = r"""
+import json, statistics, tempfile, time
+import numpy as np
+from PIL import Image
+from semseg.io import read_image
+
+rng = np.random.default_rng(0)
+out = {}
+with tempfile.TemporaryDirectory() as folder:
+    for height, width in ((360, 480), (720, 960)):
+        image = np.repeat(np.repeat(rng.integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8), 4, 0), 4, 1)
+        for fmt in ("png", "jpg"):
+            path = f"{folder}/frame.{fmt}"
+            Image.fromarray(image).save(path)
+            read_image(path)
+            samples = []
+            for _ in range(15):
+                start = time.process_time()
+                read_image(path)
+                samples.append(time.process_time() - start)
+            out[f"read_image {height}x{width} {fmt.upper()}"] = statistics.median(samples)
+print(json.dumps(out))
+"""
+
+PROBES = {"metrics": METRICS, "predict": PREDICT, "process": PROCESS, "decode": DECODE}
 
 
 def run(tree: Path, code: str, *args: str) -> dict[str, float]:

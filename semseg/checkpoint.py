@@ -56,15 +56,25 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     path = Path(path)
     if not path.is_file():
         raise SemsegError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise SemsegError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise SemsegError(
             f"{path}: refused to load: the file holds pickled Python objects, not only tensors "
-            f"and plain values (weights_only=True). Re-save it as a plain state dict. ({str(exc).splitlines()[0]})"
+            f"and plain values (weights_only=True). Re-save it as a plain state dict. ({_first_line(exc)})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise SemsegError(f"{path}: not a readable PyTorch file ({str(exc).splitlines()[0]})") from None
+    except MemoryError:
+        raise SemsegError(f"{path}: not enough memory to load this checkpoint") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises KeyError, IndexError, ... on files that are not its own
+        raise SemsegError(f"{path}: not a readable PyTorch file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type (KeyError: 101 has no useful text)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text and not isinstance(exc, (KeyError, IndexError)) else type(exc).__name__
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

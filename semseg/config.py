@@ -10,6 +10,7 @@ The resolved config is saved into the run folder and into every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -382,6 +383,7 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
     resolved); it must agree with ``data.num_classes`` and per-class settings.
     """
     d, t = config.data, config.train
+    _check_finite(config)
     if len(d.crop_size) != 2 or not all(isinstance(v, int) and v > 0 for v in d.crop_size):
         raise SemsegError(f"config key 'data.crop_size': expected [height, width] positive integers, got {d.crop_size}")
     if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
@@ -431,6 +433,37 @@ def check_group_pattern(pattern: str) -> "re.Pattern[str]":
     if compiled.groups > 1:
         raise SemsegError(f"config key 'data.group_by': {pattern!r} has {compiled.groups} capture groups; use one (or none)")
     return compiled
+
+
+def _check_finite(config: RunConfig) -> None:
+    """NaN and infinity pass every ``<`` test; no setting of semseg takes one."""
+    for section in SECTIONS:
+        for key, value in vars(getattr(config, section)).items():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise SemsegError(f"config key '{section}.{key}' must be a finite number, got {value}")
+
+
+# what a resumed run may not change: the model, its classes and the state saved with it (the optimizer's
+# parameter groups and moments, the EMA weights, the loss and its class weights, the steps per epoch)
+RESUME_FIXED = ("model.", "data.format", "data.num_classes", "train.optimizer", "train.ema", "train.batch_size",
+                "train.accumulate", "train.head_lr_mult", "train.loss", "train.class_weights")
+
+
+def check_resume_changes(saved: RunConfig, new: RunConfig, run_dir: str | os.PathLike) -> None:
+    """SemsegError naming every :data:`RESUME_FIXED` setting that ``new`` changes from the ``saved`` run's."""
+    before, after = dataclasses.asdict(saved), dataclasses.asdict(new)
+    changed = [
+        f"{section}.{key} ({before[section][key]!r} -> {value!r})"
+        for section in SECTIONS
+        for key, value in after[section].items()
+        if f"{section}.{key}".startswith(RESUME_FIXED) and value != before[section][key]
+    ]
+    if changed:
+        raise SemsegError(
+            f"--resume {run_dir}: a resumed run cannot change {', '.join(changed)}: it is part of the saved state. "
+            f"Resume without it, or start a new run from these weights with model.pretrained={Path(run_dir) / 'last.pt'}"
+        )
 
 
 def check_classes(d: DataConfig, num_classes: int) -> None:

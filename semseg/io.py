@@ -378,23 +378,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBas
     temporary file is removed and ``path`` keeps its previous content; a failed
     write of the disk (OSError) becomes a SemsegError naming ``path``.
     """
-    target = Path(path)
-    if target.is_dir():
-        raise SemsegError(f"{target}: is a folder; name a file to write")
-    fd, tmp = _temporary(target)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _NEW_FILE_MODE)
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise _cannot_write(target, exc) from None
-        raise
+    with staged_path(path) as tmp, open(tmp, mode) as handle:
+        yield handle
+        handle.flush()
 
 
 @contextlib.contextmanager
@@ -411,6 +397,7 @@ def staged_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _fsync(tmp)  # the data on disk before the rename: a power cut never leaves an empty file under the name
         os.chmod(tmp, _NEW_FILE_MODE)
         os.replace(tmp, target)
     except BaseException as exc:
@@ -419,6 +406,14 @@ def staged_path(path: str | os.PathLike) -> Iterator[Path]:
         if isinstance(exc, OSError):
             raise _cannot_write(target, exc) from None
         raise
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -508,3 +508,107 @@ def test_a_second_command_on_a_locked_run_folder_is_refused(tiny_camvid, tmp_pat
     finally:
         holder.kill()
         holder.wait()
+
+
+# ------------------------------------------------------------------ one-line errors where tracebacks were
+@pytest.mark.parametrize("content, message", [(b"", "empty file (0 bytes), not a checkpoint"),
+                                              (b"hello\n", "not a readable PyTorch file"),
+                                              (b"PK\x03\x04 not really a zip", "not a readable PyTorch file")])
+def test_files_that_are_not_checkpoints_give_one_line(tmp_path, capsys, content, message):
+    from semseg.cli import main
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    for args in (["val", "--checkpoint", str(bad)], ["export", "--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")],
+                 ["predict", str(tmp_path / "a.png"), "--checkpoint", str(bad), "--out", str(tmp_path / "o")]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{bad}: {message}" in err, err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=.nan", "config key 'train.lr' must be a finite number, got nan"),
+    ("train.lr=inf", "config key 'train.lr' must be a finite number, got inf"),
+    ("data.scale_range=[.nan,1]", "config key 'data.scale_range' must be a finite number, got [nan, 1]"),
+    ("train.weight_decay=-.inf", "config key 'train.weight_decay' must be a finite number, got -inf"),
+])
+def test_non_finite_settings_are_refused_before_training(tiny_camvid, tmp_path, capsys, override, message):
+    from semseg.cli import main
+
+    assert main(["train", "--run-dir", str(tmp_path / "run"), f"data.root={tiny_camvid}", *FAST, override]) == 2
+    err = capsys.readouterr().err
+    assert err == f"semseg: error: {message}\n"
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_camvid, tmp_path_factory) -> Path:
+    from semseg.cli import main
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["-q", "train", "--run-dir", str(run), f"data.root={tiny_camvid}", *FAST, "train.epochs=1"]) == 0
+    return run
+
+
+@pytest.mark.parametrize("override, changed", [
+    ("train.optimizer=adamw", "train.optimizer ('sgd' -> 'adamw')"),
+    ("model.name=fcn8s_resnet18", "model.name ('lraspp_mobilenet_v3_large' -> 'fcn8s_resnet18')"),
+    ("train.ema=true", "train.ema (False -> True)"),
+])
+def test_resume_refuses_changes_to_the_saved_state_and_writes_nothing(finished_run, capsys, override, changed):
+    from semseg.cli import main
+
+    before = {name: (finished_run / name).read_bytes() for name in ("config.yaml", "last.pt", "metrics.jsonl")}
+    assert main(["train", "--resume", str(finished_run), "train.epochs=2", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"a resumed run cannot change {changed}: it is part of the saved state" in err, err
+    assert f"model.pretrained={finished_run / 'last.pt'}" in err
+    assert {name: (finished_run / name).read_bytes() for name in before} == before
+
+
+def test_outputs_are_checked_before_the_work(finished_run, tmp_path, capsys, corpus):
+    from semseg.cli import main
+
+    (tmp_path / "file").write_text("x")
+    blocked = tmp_path / "file" / "scores.json"  # its folder is a file: cannot be created
+    folder, _ = corpus
+    checks = [
+        (["score", "--pred", str(folder), "--gt", str(folder), "--num-classes", "2", "--json", str(blocked)], blocked.parent),
+        (["data", "check", "--root", str(folder), "--json", str(blocked)], blocked.parent),
+        (["val", "--checkpoint", str(finished_run / "last.pt"), "--json", str(blocked)], blocked.parent),
+        (["predict", str(folder / "good.png"), "--checkpoint", str(finished_run / "last.pt"), "--out", str(tmp_path / "file")],
+         tmp_path / "file"),
+        (["predict", str(folder / "good.png"), "--checkpoint", str(finished_run / "last.pt"), "--out", str(tmp_path / "o"),
+          "--workers", "-1"], None),
+    ]
+    for args, named in checks:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and (named is None or f"{named}: " in err), err
+    assert "workers must be 0 or more" in err and not (tmp_path / "o").exists()
+
+
+def test_onnx_metadata_that_disagrees_with_the_graph_is_refused(toy_onnx, tmp_path):
+    import json
+
+    import onnx
+
+    from semseg.runtime import OnnxModel
+
+    graph = onnx.load(str(toy_onnx))
+    for prop in graph.metadata_props:
+        if prop.key == "num_classes":
+            assert json.loads(prop.value) == 4
+            prop.value = json.dumps(5)
+    onnx.save(graph, str(tmp_path / "edited.onnx"))
+    import torch
+
+    with pytest.raises(SemsegError, match=r"edited.onnx: its metadata says 5 classes but the graph outputs 4 channels"):
+        OnnxModel(tmp_path / "edited.onnx")(torch.zeros(1, 3, 32, 32))
+    assert OnnxModel(toy_onnx)(torch.zeros(1, 3, 32, 32)).shape == (1, 4, 32, 32)
+    # through the command: one line
+    from semseg.cli import main
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--onnx", str(tmp_path / "edited.onnx"), "--out", str(tmp_path / "o")]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
 from semseg.errors import SemsegError
 
@@ -33,3 +34,15 @@ def split_overrides(extra: list[str]) -> list[str]:
         overrides.append(item)
         i += 1
     return overrides
+
+
+def check_outputs(files: Sequence[str | None] = (), folders: Sequence[str | None] = ()) -> None:
+    """Check, before any work starts, that each output file and folder asked for (not None) can be written."""
+    from semseg.io import check_writable_file, check_writable_folder
+
+    for path in files:
+        if path is not None:
+            check_writable_file(path)
+    for folder in folders:
+        if folder is not None:
+            check_writable_folder(folder)

@@ -45,8 +45,10 @@ def add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data_check(args: argparse.Namespace) -> int:
+    from semseg.cli.args import check_outputs
     from semseg.data.audit import audit, format_report
 
+    check_outputs(files=[args.json])
     report = audit(
         fmt=args.format,
         root=args.root,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from semseg.cli.args import add_model_source
+from semseg.cli.args import add_model_source, check_outputs
 from semseg.errors import SemsegError
 
 
@@ -49,6 +49,9 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     files = resolve_sources(args.sources)
     check_label_format(args.label_format, files)  # the names before the model loads; the class count once it has
+    if args.workers < 0:
+        raise SemsegError(f"--workers must be 0 or more image-decoding processes, got {args.workers}")
+    check_outputs(folders=[args.out])  # before the model loads
     if args.onnx is not None:
         if args.checkpoint or args.model:
             raise SemsegError("--onnx FILE runs an exported model; it does not combine with --checkpoint or --model")

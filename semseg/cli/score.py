@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from semseg.cli.args import check_outputs
 from semseg.errors import SemsegError
 
 FORMAT_NAMES = ("ade20k", "camvid", "cityscapes", "voc")  # semseg.data.formats.FORMATS (imported when used: it loads torch)
@@ -52,6 +53,7 @@ def _run_score(args: argparse.Namespace) -> int:
     from semseg.metrics import format_report, score
 
     num_classes, ignore_index, names, palette = _classes(args)
+    check_outputs(files=[args.json], folders=[args.report])
     scores = score(
         pred_dir=args.pred,
         gt_dir=args.gt,

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from semseg.cli.args import split_overrides
+from semseg.cli.args import check_outputs, split_overrides
 from semseg.errors import SemsegError
 
 
@@ -56,6 +56,7 @@ def _run_val(args: argparse.Namespace) -> int:
     from semseg.engine.evaluate import evaluate_checkpoint
     from semseg.metrics import format_report
 
+    check_outputs(files=[args.json], folders=[args.out, args.report])
     scores, examples = evaluate_checkpoint(
         checkpoint=args.checkpoint,
         overrides=split_overrides(args.extra),

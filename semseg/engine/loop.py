@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from semseg.checkpoint import load_checkpoint, save_checkpoint
-from semseg.config import RunConfig, load_config, to_yaml
+from semseg.config import RunConfig, check_resume_changes, load_config, to_yaml
 from semseg.engine import distributed as dist_utils
 from semseg.engine.evaluate import validate
 from semseg.engine.setup import setup_trainer
@@ -405,6 +405,7 @@ def train(
         if resume:
             state = load_checkpoint(run_path / "last.pt")
             cfg = load_config(config_path, overrides, base=state["config"])
+            check_resume_changes(load_config(None, [], base=state["config"]), cfg, run_path)
         else:
             _clear_previous_run(run_path, overwrite)
             state = None

@@ -72,9 +72,24 @@ class OnnxModel:
         self.fixed_input_size = tuple(spatial) if all(isinstance(d, int) for d in spatial) else None
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.dynamic = self.fixed_input_size is None
+        # edited or mismatched metadata would name, colour and score the classes wrongly: checked on the
+        # graph's output shape where it is fixed, else on every output
+        self._meta_classes = props["num_classes"] if isinstance(props.get("num_classes"), int) else None
+        out_shape = self.session.get_outputs()[0].shape
+        if len(out_shape) == 4 and isinstance(out_shape[1], int):
+            self._check_classes(out_shape[1])
 
     def __call__(self, images: Tensor) -> Tensor:
         inputs = np.ascontiguousarray(images.detach().cpu().float().numpy())
         step = self.fixed_batch or len(inputs)
         outputs = [self.session.run(None, {self.input_name: inputs[i : i + step]})[0] for i in range(0, len(inputs), step)]
-        return torch.from_numpy(np.concatenate(outputs))
+        logits = np.concatenate(outputs)
+        self._check_classes(logits.shape[1])
+        return torch.from_numpy(logits)
+
+    def _check_classes(self, channels: int) -> None:
+        if self._meta_classes is not None and channels != self._meta_classes:
+            raise SemsegError(
+                f"{self.path}: its metadata says {self._meta_classes} classes but the graph outputs {channels} "
+                "channels; re-export the model with semseg export"
+            )
