@@ -44,13 +44,18 @@ def corpus(tmp_path_factory) -> tuple[Path, dict[str, Case]]:
     return folder, write_corpus(folder)
 
 
-def run_cli(*args: str, limit: int = ADDRESS_LIMIT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``semseg ARGS`` in a subprocess with its address space capped at ``limit`` bytes."""
+def run_cli(*args: str, limit: int = ADDRESS_LIMIT, env: dict[str, str] | None = None,
+            peak: bool = False) -> subprocess.CompletedProcess:
+    """``semseg ARGS`` in a subprocess with its address space capped at ``limit`` bytes; with ``peak``, its
+    stdout ends with a line ``peak_kib N``, its peak resident memory."""
+    report = "print('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)" if peak else ""
     code = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
         from semseg.cli import main
-        sys.exit(main(sys.argv[1:]))
+        code = main(sys.argv[1:])
+        {report}
+        sys.exit(code)
     """)
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=environment, timeout=600)
@@ -460,7 +465,7 @@ def test_a_class_count_that_differs_from_the_weights_is_refused(three_class_weig
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{weights}: the weights are for 3 classes but the model is built for 5" in err
-    assert "(--num-classes 3)" in err and not out.exists()
+    assert "(--num-classes 3)" in err and not out.is_file() and not list(tmp_path.rglob("*.png"))[1:]
 
 
 # ------------------------------------------------------------------ run folders
@@ -612,3 +617,23 @@ def test_onnx_metadata_that_disagrees_with_the_graph_is_refused(toy_onnx, tmp_pa
 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
     assert main(["predict", str(tmp_path / "a.png"), "--onnx", str(tmp_path / "edited.onnx"), "--out", str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.slow
+def test_the_issues_12000x12000_zero_image_predicts_within_the_documented_memory(tmp_path, monkeypatch):
+    """The 140 KB PNG of 12000x12000 zeros that grew past 23 GB: slide mode chosen automatically, peak RSS < 3.5 GiB."""
+    from malformed import ISSUE_ZEROS, zero_png
+    from semseg.export import export_onnx
+    from test_predict import ToySeg
+
+    (tmp_path / "zeros.png").write_bytes(zero_png(*ISSUE_ZEROS))
+    model = export_onnx(ToySeg(), tmp_path / "toy.onnx", (512, 512), dynamic=True)
+    run = run_cli("predict", str(tmp_path / "zeros.png"), "--onnx", str(model), "--out", str(tmp_path / "out"),
+                  "--workers", "0", "--confidence", limit=8 << 30, peak=True)
+    assert run.returncode == 0, run.stderr
+    assert "12000x12000 image is above the 8.4 MP that whole-image prediction handles: predicted in slide mode" in run.stderr
+    peak_kib = int(run.stdout.split()[-1])
+    assert peak_kib < 3.5 * (1 << 20), f"peak RSS {peak_kib / (1 << 20):.2f} GiB"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # PIL's own bomb warning: this file is ours
+    with Image.open(tmp_path / "out" / "labels" / "zeros.png") as labels:
+        assert labels.size == ISSUE_ZEROS
