@@ -209,11 +209,30 @@ def test_weights_from_a_from_pretrained_folder(tmp_path):
         semseg.create_model("fcn8s:resnet18", num_classes=3, pretrained=str(tmp_path / "m2f"))
 
 
-def test_onnx_export_passes_its_parity_check(tmp_path):
+def test_weights_from_a_file_the_zoo_way(tmp_path):
+    """A state dict of the zoo model, or of the transformers network alone, loads like every zoo model's weights."""
+    torch.manual_seed(2)
+    model = tiny_mask2former(3).eval()
+    torch.save(model.state_dict(), tmp_path / "zoo.pt")
+    torch.save(model.net.state_dict(), tmp_path / "net.pt")
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        expected = model(x)
+        for name in ("zoo.pt", "net.pt"):
+            loaded = semseg.create_model("mask2former_swin_tiny", 3, pretrained=str(tmp_path / name), **TINY).eval()
+            torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+            assert loaded.pretrained_cfg.source == str(tmp_path / name)
+
+
+def test_onnx_export_passes_its_parity_check_and_predicts(tmp_path):
     from semseg.export import export_model
 
     report = export_model(tiny_mask2former().eval(), tmp_path / "m.onnx", "onnx", size=(64, 96), dynamic=True)
     assert report["agreement"] > 0.999
+    image = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 70, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", str(image), "--onnx", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "out")]) == 0
+    assert read_label_map(tmp_path / "out" / "labels" / "in.png").shape == (45, 70)
 
 
 # ------------------------------------------------------------------ the CLI: train, val, resume, predict (tiny_camvid: conftest.py)
