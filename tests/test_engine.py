@@ -179,18 +179,6 @@ def test_early_stopping(tiny_camvid, tmp_path, capsys):
     assert "early stop" in capsys.readouterr().out
 
 
-def test_time_budget_stops_after_a_validated_epoch(tiny_camvid, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert _train(run, tiny_camvid, "train.epochs=50", "train.val_every=10", "train.time_limit_minutes=0.001") == 0
-    lines = _metrics(run)
-    # the budget is checked after every step: the first step spends it, the epoch is cut short and validated
-    assert len(lines) == 1 and "miou" in lines[0] and lines[0]["batches"] == 1
-    assert (run / "best.pt").is_file()
-    assert lines[0]["lr"] == 0.01  # the lr the one step used
-    assert torch.load(run / "last.pt", weights_only=True)["scheduler"]["_last_lr"][0] == 0.0  # then decayed to its end
-    assert "time budget of 0.001 min spent after batch 1/2 of epoch 1: stopping" in capsys.readouterr().out
-
-
 class _StepClock(RunClock):
     """A run clock on which every optimizer step takes exactly one second."""
 
@@ -204,6 +192,21 @@ class _StepClock(RunClock):
     def tick(self) -> float:
         self.fake_s += 1.0
         return super().tick()
+
+
+def test_time_budget_stops_after_a_validated_epoch(tiny_camvid, tmp_path, monkeypatch, capsys):
+    from semseg.engine import setup
+
+    monkeypatch.setattr(setup, "RunClock", _StepClock)  # 1 s a step on any machine, loaded or fast
+    run = tmp_path / "run"
+    assert _train(run, tiny_camvid, "train.epochs=50", "train.val_every=10", "train.time_limit_minutes=0.001") == 0
+    lines = _metrics(run)
+    # the budget is checked after every step: the first step spends it, the epoch is cut short and validated
+    assert len(lines) == 1 and "miou" in lines[0] and lines[0]["batches"] == 1
+    assert (run / "best.pt").is_file()
+    assert lines[0]["lr"] == 0.01  # the lr the one step used
+    assert torch.load(run / "last.pt", weights_only=True)["scheduler"]["_last_lr"][0] == 0.0  # then decayed to its end
+    assert "time budget of 0.001 min spent after batch 1/2 of epoch 1: stopping" in capsys.readouterr().out
 
 
 def test_time_budget_is_checked_per_step_and_the_schedule_spans_it(tiny_camvid, tmp_path, monkeypatch, capsys):
