@@ -112,7 +112,7 @@ class TrainConfig:
     # (the set-prediction loss of mask-classification models such as Mask2Former, else ce)
     loss: str = "auto"
     loss_kwargs: dict = field(default_factory=dict)
-    # None, "median_freq", "enet" or a list of per-class weights
+    # None, "median_freq", "sqrt_median_freq", "enet" (semseg.losses.weights) or a list of per-class weights
     class_weights: Union[None, str, list] = None
     # weight of the auxiliary head's loss, for models that have one
     aux_weight: float = 0.4
@@ -415,8 +415,11 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
         raise SemsegError(f"config key 'train.ema_decay' must lie in (0, 1), got {t.ema_decay}")
     if t.freeze_encoder_epochs < 0 or t.freeze_encoder_epochs >= t.epochs and t.freeze_encoder_epochs:
         raise SemsegError("config key 'train.freeze_encoder_epochs' must be >= 0 and below train.epochs")
-    if isinstance(t.class_weights, str) and t.class_weights not in ("median_freq", "enet"):
-        raise SemsegError(f"config key 'train.class_weights': expected median_freq, enet, a list or null, got {t.class_weights!r}")
+    # the names of semseg.losses.CLASS_WEIGHT_METHODS (config sits below losses, so it cannot import them)
+    if isinstance(t.class_weights, str) and t.class_weights not in ("median_freq", "sqrt_median_freq", "enet"):
+        raise SemsegError(
+            f"config key 'train.class_weights': expected median_freq, sqrt_median_freq, enet, a list or null, got {t.class_weights!r}"
+        )
     if num_classes is None:
         return
     check_classes(d, num_classes)

@@ -88,7 +88,7 @@ def test_override_values_are_yaml():
         (["data.ignore_index=3"], 11, "'data.ignore_index' \\(3\\) is a class id"),
         (["data.class_names=[a, b]"], 11, "has 2 names for 11 classes"),
         (["train.class_weights=[1.0, 2.0]"], 11, "has 2 values for 11 classes"),
-        (["train.class_weights=inverse"], None, "expected median_freq, enet"),
+        (["train.class_weights=inverse"], None, "expected median_freq, sqrt_median_freq, enet"),
         (["data.crop_size=[0, 10]"], None, "data.crop_size"),
         (["data.scale_range=[2.0, 0.5]"], None, "data.scale_range"),
         (["train.batch_size=0"], None, "train.batch_size"),

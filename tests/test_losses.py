@@ -13,7 +13,18 @@ from segmentation_models_pytorch.losses import FocalLoss as SmpFocalLoss
 from segmentation_models_pytorch.losses import LovaszLoss as SmpLovaszLoss
 
 from semseg.errors import SemsegError
-from semseg.losses import LOSSES, SegLoss, class_weights, create_loss, enet_weights, loss_options, median_frequency_weights, parse_spec
+from semseg.losses import (
+    CLASS_WEIGHT_METHODS,
+    LOSSES,
+    SegLoss,
+    class_weights,
+    create_loss,
+    enet_weights,
+    loss_options,
+    median_frequency_weights,
+    parse_spec,
+    sqrt_median_frequency_weights,
+)
 
 IGNORE = 255
 SPECS = [*LOSSES, "0.5*focal+lovasz", "ohem+0.5*lovasz", "ce+dice"]
@@ -406,6 +417,14 @@ def test_median_frequency_weights():
     torch.testing.assert_close(even, torch.tensor([1.5, 0.75]))
 
 
+def test_sqrt_median_frequency_weights():
+    class_pixels, present_pixels = [50, 10, 30, 0], [100, 100, 40, 0]
+    expected = [math.sqrt(0.5 / f) for f in (0.5, 0.1, 0.75)] + [0.0]
+    torch.testing.assert_close(sqrt_median_frequency_weights(class_pixels, present_pixels), torch.tensor(expected))
+    torch.testing.assert_close(class_weights("sqrt_median_freq", class_pixels, present_pixels), torch.tensor(expected))
+    assert set(CLASS_WEIGHT_METHODS) == {"median_freq", "sqrt_median_freq", "enet"}
+
+
 def test_enet_weights():
     pixels = torch.tensor([70, 25, 5, 0])
     expected = [1 / math.log(1.02 + p) for p in (0.7, 0.25, 0.05, 0.0)]
@@ -417,7 +436,8 @@ def test_enet_weights():
 @pytest.mark.parametrize(
     "call,message",
     [
-        (lambda: class_weights("inverse", [1, 2]), "unknown class weights 'inverse': expected median_freq or enet"),
+        (lambda: class_weights("inverse", [1, 2]), "unknown class weights 'inverse': expected median_freq, sqrt_median_freq, enet"),
+        (lambda: class_weights("sqrt_median_freq", [1, 2]), "'sqrt_median_freq' need present_pixels"),
         (lambda: class_weights("median_freq", [1, 2]), "need present_pixels"),
         (lambda: median_frequency_weights([1, 2], [5, 5, 5]), "2 classes but present_pixels has 3"),
         (lambda: median_frequency_weights([6, 2], [5, 5]), "more pixels than the images"),

@@ -14,7 +14,13 @@ from semseg.losses.factory import LOSSES, WeightedSum, create_loss, loss_options
 from semseg.losses.focal import FocalLoss
 from semseg.losses.lovasz import LovaszSoftmaxLoss, lovasz_grad
 from semseg.losses.ohem import OhemCrossEntropyLoss
-from semseg.losses.weights import class_weights, enet_weights, median_frequency_weights
+from semseg.losses.weights import (
+    CLASS_WEIGHT_METHODS,
+    class_weights,
+    enet_weights,
+    median_frequency_weights,
+    sqrt_median_frequency_weights,
+)
 
 __all__ = [
     "LOSSES",
@@ -33,4 +39,6 @@ __all__ = [
     "class_weights",
     "enet_weights",
     "median_frequency_weights",
+    "sqrt_median_frequency_weights",
+    "CLASS_WEIGHT_METHODS",
 ]

@@ -6,6 +6,12 @@
   is taken over the classes that occur (numpy's median: the mean of the two middle
   values for an even count). A class that never occurs gets weight 0: there is no
   frequency to balance, and no target pixel of it to weigh.
+- ``sqrt_median_freq``: the square root of the median-frequency weights, a softer
+  balance. Full median-frequency weights lift rare classes on frames like the
+  training ones but over-predict them on unseen scenes (on CamVid's held-out
+  sequences Pole, Sign and Pedestrian were predicted on 3-5x the pixels they cover
+  and Building lost the difference); the square root keeps the order of the weights
+  and shrinks their spread (BENCHMARKS.md, "Sequence-disjoint trials").
 - ``enet``: ENet's weighting (Paszke et al., 2016): w_c = 1 / ln(c + p_c), with
   p_c = pixels of class c / all labelled pixels and c = 1.02, which bounds the
   weights to [1 / ln(1 + c), 1 / ln(c)] = [1.43, 50.5]. A class that never occurs
@@ -25,6 +31,9 @@ import torch
 from semseg.errors import SemsegError
 
 Counts = Sequence[float] | np.ndarray | torch.Tensor
+
+# the names train.class_weights and class_weights() accept
+CLASS_WEIGHT_METHODS = ("median_freq", "sqrt_median_freq", "enet")
 
 
 def _counts(values: Counts, name: str) -> np.ndarray:
@@ -54,6 +63,11 @@ def median_frequency_weights(class_pixels: Counts, present_pixels: Counts) -> to
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def sqrt_median_frequency_weights(class_pixels: Counts, present_pixels: Counts) -> torch.Tensor:
+    """The square root of :func:`median_frequency_weights`, ``float32[C]``; 0 for classes that never occur."""
+    return median_frequency_weights(class_pixels, present_pixels).sqrt()
+
+
 def enet_weights(class_pixels: Counts, c: float = 1.02) -> torch.Tensor:
     """ENet's ``1 / ln(c + p_class)`` weights, ``float32[C]``."""
     pixels = _counts(class_pixels, "class_pixels")
@@ -66,11 +80,13 @@ def enet_weights(class_pixels: Counts, c: float = 1.02) -> torch.Tensor:
 
 
 def class_weights(method: str, class_pixels: Counts, present_pixels: Counts | None = None) -> torch.Tensor:
-    """Weights by name: ``"median_freq"`` (needs ``present_pixels``) or ``"enet"``, ``float32[C]``."""
-    if method == "median_freq":
+    """Weights by name (one of :data:`CLASS_WEIGHT_METHODS`), ``float32[C]``; the median-frequency
+    methods need ``present_pixels``."""
+    if method in ("median_freq", "sqrt_median_freq"):
         if present_pixels is None:
-            raise SemsegError("class weights 'median_freq' need present_pixels: the pixels of the images each class occurs in")
-        return median_frequency_weights(class_pixels, present_pixels)
+            raise SemsegError(f"class weights '{method}' need present_pixels: the pixels of the images each class occurs in")
+        weigh = median_frequency_weights if method == "median_freq" else sqrt_median_frequency_weights
+        return weigh(class_pixels, present_pixels)
     if method == "enet":
         return enet_weights(class_pixels)
-    raise SemsegError(f"unknown class weights {method!r}: expected median_freq or enet")
+    raise SemsegError(f"unknown class weights {method!r}: expected {', '.join(CLASS_WEIGHT_METHODS)}")
