@@ -7,7 +7,7 @@
 
 On a terminal (stderr is a TTY) it draws a tqdm bar that disappears when done.
 Elsewhere (a log file, CI) it logs one INFO line through ``logger`` each time
-another ``every`` steps are done (default: every 10% of ``total``). Nothing is shown while ``logger`` is not enabled for INFO, which is how
+another ``every`` steps are done (default: every 10% of ``total``) and at the last step. Nothing is shown while ``logger`` is not enabled for INFO, which is how
 the CLI's ``-q`` silences it, or when ``enabled`` is False (e.g. on every DDP
 rank but the first).
 """
@@ -55,7 +55,7 @@ class Progress:
             if status:
                 self._bar.set_postfix(status, refresh=False)
             self._bar.update(n)
-        elif self._shown and self.done >= self._next_line:
+        elif self._shown and (self.done >= self._next_line or self.done == self.total):  # the last step is always shown
             while self._next_line <= self.done:
                 self._next_line += self.every
             extra = "".join(f", {key} {value}" for key, value in status.items())

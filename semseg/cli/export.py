@@ -1,4 +1,4 @@
-"""``semseg export``: an ONNX graph or an inference checkpoint, checked against PyTorch."""
+"""``semseg export``: an ONNX graph, an OpenVINO IR (float32 or int8) or an inference checkpoint, checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -10,11 +10,24 @@ from semseg.errors import SemsegError
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX and check its outputs against PyTorch")
+    p = sub.add_parser("export", help="export a model to ONNX or OpenVINO and check its outputs against PyTorch")
     add_model_source(p)
     p.add_argument("--format", default="onnx",
-                   help="onnx: an ONNX graph; semseg: an inference checkpoint (weights and metadata, no training state)")
+                   help="onnx: an ONNX graph; openvino: an OpenVINO IR (--out NAME.xml, weights in NAME.bin); "
+                   "semseg: an inference checkpoint (weights and metadata, no training state)")
     p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--int8", action="store_true",
+                   help="onnx, openvino: quantize to int8 (NNCF), calibrated on --calib and refused when its mIoU on "
+                   "--labels is more than --max-drop points below float32's")
+    p.add_argument("--calib", nargs="+", default=None, metavar="SOURCE",
+                   help="--int8: calibration images (files, folders, globs), also scored against --labels")
+    p.add_argument("--labels", default=None, metavar="DIR", help="--int8: label maps named like the --calib images")
+    p.add_argument("--ignore-index", type=int, default=None,
+                   help="--int8: the label value left out of the mIoU (default: the model's; CamVid's void is 11)")
+    p.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
+                   help="--int8: the most mIoU points the int8 model may lose (default 1)")
+    p.add_argument("--no-gate", action="store_true",
+                   help="--int8: write the int8 model whatever it loses (the drop is still measured and printed)")
     p.add_argument("--half", action="store_true", help="semseg format: store the weights in float16 (half the size)")
     p.add_argument("--tta-scales", type=float, nargs="+", default=None, metavar="S",
                    help="record in the model's metadata that it is best predicted with multi-scale + flip TTA at these "
@@ -31,19 +44,23 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     from semseg.checkpoint import load_checkpoint
-    from semseg.export import check_export_options, export_model
+    from semseg.export import DEFAULT_MAX_DROP, check_export_options, export_model
     from semseg.io import check_not_an_input, check_writable_file
     from semseg.models import load_torch_model
 
-    check_export_options(args.format, args.half, args.dynamic)  # before the model loads
+    if not args.int8 and (args.max_drop is not None or args.no_gate or args.ignore_index is not None):
+        raise SemsegError("--max-drop, --no-gate and --ignore-index gate an int8 export: add --int8")
+    check_export_options(args.format, args.half, args.dynamic, args.int8, args.calib, args.labels, args.out)  # before the model loads
     if args.checkpoint is None and args.model is None:
         raise SemsegError("say what to export: --checkpoint FILE, or --model NAME --weights FILE --num-classes N")
     check_not_an_input(args.out, [args.checkpoint, args.weights])
     check_writable_file(args.out, "--out file")
     model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
     provenance = load_checkpoint(args.checkpoint) if args.checkpoint and args.format == "semseg" else None
+    max_drop = DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop
     report = export_model(model, args.out, args.format, args.size, args.dynamic, args.opset, args.half,
-                          args.tta_scales, provenance)
+                          args.tta_scales, provenance, args.int8, args.calib, args.labels, max_drop, not args.no_gate,
+                          args.ignore_index)
     agreement = (f"on {report['batches']} sample batches: argmax agreement {100 * report['agreement']:.3f}%, "
                  f"max logit difference {report['max_abs_diff']:.2e}")
     if args.format == "semseg":
@@ -53,12 +70,26 @@ def _run_export(args: argparse.Namespace) -> int:
     else:
         size = report["size"]
         shape = "dynamic height and width" if report["dynamic"] else f"{size[0]}x{size[1]} inputs"
-        print(f"exported {model.model_name} to {args.out} ({shape}, opset {args.opset})")
-        print(f"parity with PyTorch {agreement}")
+        kind = "int8, " if args.int8 else ""
+        runtime = "OpenVINO" if args.format == "openvino" else "ONNX Runtime"
+        print(f"exported {model.model_name} to {args.out} ({kind}{shape}, opset {args.opset})")
+        print(f"parity of the float32 graph in {runtime} with PyTorch {agreement}")
         workflow = f"semseg predict --onnx on {report['workflow_frames']} street frames at native size: labels equal to"
         if "graph_agreement" in report:
             print(f"{workflow} the PyTorch model in the same tiles on {100 * report['graph_agreement']:.3f}% of pixels, "
                   f"to semseg predict on the PyTorch model on {100 * report['workflow_agreement']:.3f}%")
         else:
             print(f"{workflow} semseg predict on the PyTorch model on {100 * report['workflow_agreement']:.3f}% of pixels")
+        if args.int8:
+            _print_int8(report, runtime)
     return 0
+
+
+def _print_int8(report: dict, runtime: str) -> None:
+    fp32, int8 = report["fp32"], report["int8"]
+    print(f"int8 (calibrated on {report['calibration_images']} images) against float32 in {runtime} on the "
+          f"{report['scored_images']} labelled images (whole images, no TTA):")
+    print(f"  mIoU {100 * int8['miou']:.2f} vs {100 * fp32['miou']:.2f} ({-report['miou_drop']:+.2f} points), "
+          f"labels equal on {100 * int8['agreement']:.2f}% of pixels")
+    print(f"  {int8['ms_per_image']:.1f} vs {fp32['ms_per_image']:.1f} ms per image "
+          f"({fp32['ms_per_image'] / int8['ms_per_image']:.2f}x)")

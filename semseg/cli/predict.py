@@ -15,7 +15,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders and glob patterns")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/labels, DIR/overlays (and confidence, probs)")
     add_model_source(p)
-    p.add_argument("--onnx", default=None, metavar="FILE", help="an exported model, run with ONNX Runtime")
+    p.add_argument("--onnx", default=None, metavar="FILE",
+                   help="an exported model: an ONNX graph, run with ONNX Runtime (OpenVINO with --backend openvino), "
+                   "or an OpenVINO IR (NAME.xml), run with OpenVINO")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
                    help="what runs the model: auto (default) converts it once and uses the fastest of PyTorch and the "
                    "installed runtimes whose labels equal PyTorch fp32's on 99.9%% of pixels; torch; onnxruntime; openvino")
@@ -43,9 +45,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from semseg.predict import Predictor, describe_tta, predict_files, resolve_sources
-    from semseg.predict.backends import load_for_prediction
+    from semseg.predict.backends import load_for_prediction, open_exported
     from semseg.predict.files import check_label_format
-    from semseg.runtime import OnnxModel
 
     files = resolve_sources(args.sources)
     check_label_format(args.label_format, files)  # the names before the model loads; the class count once it has
@@ -55,9 +56,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.onnx is not None:
         if args.checkpoint or args.model:
             raise SemsegError("--onnx FILE runs an exported model; it does not combine with --checkpoint or --model")
-        if args.backend == "torch":
-            raise SemsegError("--onnx FILE runs in ONNX Runtime; --backend torch needs --checkpoint or --model")
-        model: Any = OnnxModel(args.onnx, device=args.device)
+        model: Any = open_exported(args.onnx, args.backend, args.device)
     else:
         model, _ = load_for_prediction(args.checkpoint, args.model, args.weights, args.num_classes, args.backend,
                                        args.precision, args.device)

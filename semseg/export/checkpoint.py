@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -9,11 +10,13 @@ from typing import Any
 from torch import nn
 
 from semseg.checkpoint import save_checkpoint
-from semseg.export.parity import compare_logits, fail_unless_parity, parity_inputs
+from semseg.export.parity import compare_logits, export_progress, fail_unless_parity, parity_inputs
 from semseg.io import staged_path
 from semseg.meta import ModelMeta
 from semseg.models.factory import load_model
 from semseg.predict.functional import Size
+
+log = logging.getLogger(__name__)
 
 # what an inference checkpoint keeps of a training checkpoint besides the model: how it was made
 PROVENANCE_KEYS = ("config", "metrics", "best_miou", "best_epoch", "epoch", "class_weights")
@@ -50,8 +53,10 @@ def export_checkpoint_checked(
     """
     path = Path(path)
     meta = ModelMeta.of(model)
-    with staged_path(path) as staged:
+    inputs = parity_inputs(input_size, meta.mean, meta.std)
+    with staged_path(path) as staged, export_progress(1 + len(inputs), log) as progress:
         export_checkpoint(model, staged, half, provenance)
-        report = compare_logits(model, load_model(staged), parity_inputs(input_size, meta.mean, meta.std), f"{path}:")
+        progress.update(1, check="checkpoint written")
+        report = compare_logits(model, load_model(staged), inputs, f"{path}:", progress)
         fail_unless_parity(report, path, "the exported weights agree with the original")
     return report

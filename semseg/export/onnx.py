@@ -16,21 +16,25 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from semseg.export.parity import (
-    PARITY_MIN_AGREEMENT, compare_logits, compare_workflow, fail_unless_parity, parity_inputs, workflow_frames,
+    PARITY_MIN_AGREEMENT, compare_logits, compare_workflow, export_progress, fail_unless_parity, parity_inputs,
+    workflow_frames,
 )
 from semseg.io import staged_path
 from semseg.meta import ModelMeta, Size, as_size
 from semseg.runtime.convert import (  # noqa: F401  (the graph writer lives below prediction; re-exported here)
     DEFAULT_EXPORT_SIZE, INPUT_NAME, NOT_EXPORTABLE, OUTPUT_NAME, export_onnx, fixed_size_only,
 )
+from semseg.progress import Progress
 from semseg.runtime.onnx import OnnxModel
 
 log = logging.getLogger(__name__)
 
 
-def check_parity(model: nn.Module, onnx_path: str | os.PathLike, inputs: Sequence[Tensor]) -> dict[str, Any]:
+def check_parity(
+    model: nn.Module, onnx_path: str | os.PathLike, inputs: Sequence[Tensor], progress: Progress | None = None
+) -> dict[str, Any]:
     """PyTorch (fp32) against ONNX Runtime logits on normalized ``inputs``: see :func:`compare_logits`."""
-    return compare_logits(model, OnnxModel(onnx_path, device="cpu"), inputs, f"{onnx_path}: ONNX")
+    return compare_logits(model, OnnxModel(onnx_path, device="cpu"), inputs, f"{onnx_path}: ONNX", progress)
 
 
 def export_checked(
@@ -53,13 +57,18 @@ def export_checked(
     """
     path = Path(path)
     meta = ModelMeta.of(model)
-    with staged_path(path) as staged:
+    frames = workflow_frames()
+    likely_dynamic = dynamic if dynamic is not None else fixed_size_only(model) is None
+    batches = len(parity_inputs((8, 8), meta.mean, meta.std, likely_dynamic))
+    with staged_path(path) as staged, export_progress(1 + batches + len(frames), log) as progress:
         export_onnx(model, staged, input_size, dynamic, opset)
+        progress.update(1, check="graph written")
         session = OnnxModel(staged, device="cpu")
         dynamic = session.dynamic
-        report = check_parity(model, staged, parity_inputs(as_size(input_size, "input size"), meta.mean, meta.std, dynamic))
+        inputs = parity_inputs(as_size(input_size, "input size"), meta.mean, meta.std, dynamic)
+        report = check_parity(model, staged, inputs, progress)
         fail_unless_parity(report, path, "ONNX Runtime agrees with PyTorch")
-        workflow = compare_workflow(model, session, workflow_frames())
+        workflow = compare_workflow(model, session, frames, progress)
         key = "workflow_agreement" if dynamic else "graph_agreement"
         who = "semseg predict --onnx agrees with semseg predict on the PyTorch model"
         if not dynamic:

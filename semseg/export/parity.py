@@ -26,6 +26,7 @@ from semseg.meta import ModelMeta, Size
 from semseg.predict.backends import sample_frames as workflow_frames  # the shipped street frames, native size
 from semseg.predict.images import normalize
 from semseg.predict.predictor import Predictor
+from semseg.progress import Progress
 
 PARITY_MIN_AGREEMENT = 0.999
 
@@ -57,11 +58,19 @@ def _street_frame(size: Size) -> Tensor:
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)[None]
 
 
-def compare_logits(model: nn.Module, candidate: Any, inputs: Sequence[Tensor], label: str) -> dict[str, Any]:
+def export_progress(steps: int, logger: Any) -> Progress:
+    """The progress display of an export: one step per file written and per batch or frame checked."""
+    return Progress(steps, "export", unit="step", logger=logger)
+
+
+def compare_logits(
+    model: nn.Module, candidate: Any, inputs: Sequence[Tensor], label: str, progress: Progress | None = None
+) -> dict[str, Any]:
     """Logits of ``candidate`` (a callable) against ``model``'s fp32 logits on normalized ``inputs`` ``[N, 3, H, W]``.
 
     Returns ``max_abs_diff`` (largest logit difference), ``agreement`` (fraction
-    of pixels with the same argmax), ``pixels`` and ``batches``.
+    of pixels with the same argmax), ``pixels`` and ``batches``. ``progress``
+    advances one step per batch.
     """
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     max_diff, same, pixels = 0.0, 0, 0
@@ -74,6 +83,8 @@ def compare_logits(model: nn.Module, candidate: Any, inputs: Sequence[Tensor], l
         max_diff = max(max_diff, float((got - expected).abs().max()))
         same += int((got.argmax(1) == expected.argmax(1)).sum())
         pixels += expected.shape[0] * expected.shape[2] * expected.shape[3]
+        if progress is not None:
+            progress.update(1, check="logits")
     return {"max_abs_diff": max_diff, "agreement": same / pixels, "pixels": pixels, "batches": len(inputs)}
 
 
@@ -101,13 +112,16 @@ class _AtFixedSize:
         return self.model(images)
 
 
-def compare_workflow(model: nn.Module, session: Any, frames: Sequence[np.ndarray]) -> dict[str, Any]:
+def compare_workflow(
+    model: nn.Module, session: Any, frames: Sequence[np.ndarray], progress: Progress | None = None
+) -> dict[str, Any]:
     """Labels of ``Predictor(session)`` against ``Predictor(model, precision="fp32")`` on ``frames``, both with defaults.
 
     Returns ``workflow_agreement`` (fraction of equal labels), and for a graph
     of one fixed size also ``graph_agreement``: against the PyTorch model run
     through the same tiles and padding, which isolates the graph from the
     effect of tiling (the one that must reach :data:`PARITY_MIN_AGREEMENT`).
+    ``progress`` advances one step per frame.
     """
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     exported = Predictor(session, device="cpu")
@@ -121,6 +135,8 @@ def compare_workflow(model: nn.Module, session: Any, frames: Sequence[np.ndarray
         if tiled is not None:
             same_tiled += int((labels == tiled(frame)).sum())
         pixels += labels.size
+        if progress is not None:
+            progress.update(1, check="workflow")
     report = {"workflow_agreement": same / pixels, "workflow_frames": len(frames)}
     if tiled is not None:
         report["graph_agreement"] = same_tiled / pixels

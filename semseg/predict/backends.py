@@ -69,6 +69,28 @@ def open_session(runtime: str, path: str | os.PathLike) -> Any:
     return OnnxModel(path, device="cpu")
 
 
+def open_exported(path: str | os.PathLike, backend: str = "auto", device: str = "auto") -> Any:
+    """An exported model file run by a runtime: an OpenVINO IR (``.xml``) by OpenVINO; an ONNX graph by
+    ONNX Runtime (``auto``, ``onnxruntime``) or OpenVINO (``openvino``)."""
+    check_backend(backend)
+    if backend == "torch":
+        raise SemsegError(f"{path}: an exported model runs in ONNX Runtime or OpenVINO; --backend torch needs "
+                          "--checkpoint or --model")
+    if Path(path).suffix.lower() == ".xml":
+        if backend == "onnxruntime":
+            raise SemsegError(f"{path}: an OpenVINO IR runs in OpenVINO; drop --backend onnxruntime or give the ONNX graph")
+        return _need_runtime("openvino", lambda: open_session("openvino", path))
+    if backend == "openvino":
+        return _need_runtime("openvino", lambda: open_session("openvino", path))
+    return _need_runtime("onnxruntime", lambda: OnnxModel(path, device=device))
+
+
+def _need_runtime(runtime: str, open_model: Callable[[], Any]) -> Any:
+    if not runtime_available(runtime):
+        raise SemsegError(f"backend {runtime} needs it installed: pip install 'semseg[{EXTRAS[runtime]}]'")
+    return open_model()
+
+
 def auto_choice(record: dict[str, Any]) -> str:
     """What ``auto`` runs, from a cache record: the fastest of PyTorch and the installed lossless runtimes."""
     times = {"torch": record["ms"]["torch"]}

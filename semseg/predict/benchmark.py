@@ -27,7 +27,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -69,46 +69,60 @@ def benchmark(
     from semseg.models.factory import default_model_path, load_torch_model  # the zoo imports take seconds
 
     files = resolve_sources(sources)
-    truths = _ground_truths(files, labels) if labels is not None else None
+    truths = ground_truths(files, labels) if labels is not None else None
     model = load_torch_model(checkpoint, model_name, weights, num_classes)
     source = Path(checkpoint or weights or default_model_path())
-    meta = ModelMeta.of(model)
     runs = _runs(model, source, model_name, num_classes)
-    scores = {name: _matrix(meta, ignore_index) for name in runs} if truths is not None else None
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    same = dict.fromkeys(runs, 0)
+    measured = compare_predictors({name: run["predictor"] for name, run in runs.items()}, files, truths,
+                                  ModelMeta.of(model), ignore_index, reference="torch-fp32")
+    return [{"backend": name, "file": str(run["file"]), "size_mb": round(Path(run["file"]).stat().st_size / 1e6, 2),
+             **measured[name], "auto": run["auto"]} for name, run in runs.items()]
+
+
+def compare_predictors(
+    predictors: dict[str, Callable[[np.ndarray], np.ndarray]],
+    files: Sequence[Path],
+    truths: dict[str, Path] | None,
+    meta: ModelMeta,
+    ignore_index: int | None = None,
+    reference: str | None = None,
+    label: str = "benchmark",
+) -> dict[str, dict[str, Any]]:
+    """Each predictor (image ``uint8[H,W,3]`` -> labels ``[H,W]``) on ``files``, taking turns image by image.
+
+    Returns per name: ``ms_per_image`` (median, after one untimed warm-up),
+    ``images_per_s``, ``agreement`` (share of labels equal to those of
+    ``predictors[reference]``; None without a reference) and ``miou`` (on
+    ``truths``, from :func:`ground_truths`; None without them).
+    """
+    scores = {name: _matrix(meta, ignore_index) for name in predictors} if truths is not None else None
+    times: dict[str, list[float]] = {name: [] for name in predictors}
+    same = dict.fromkeys(predictors, 0)
     pixels = 0
-    with Progress(len(files), "benchmark", unit="img", logger=log) as progress:
+    with Progress(len(files), label, unit="img", logger=log) as progress:
         for index, path in enumerate(files):
             image = read_image(path)
             results = {}
-            for name, run in runs.items():
+            for name, predict in predictors.items():
                 if index == 0:  # warm-up: first-call allocations, lazy initialization, caches
-                    run["predictor"](image)
+                    predict(image)
                 start = time.perf_counter()
-                results[name] = run["predictor"](image)
+                results[name] = predict(image)
                 times[name].append(time.perf_counter() - start)
-            reference = results["torch-fp32"]
             truth = read_label_map(truths[path.stem]) if truths is not None else None
-            pixels += reference.size
+            pixels += next(iter(results.values())).size
             for name, labels_map in results.items():
-                same[name] += int((labels_map == reference).sum())
+                if reference is not None:
+                    same[name] += int((labels_map == results[reference]).sum())
                 if scores is not None:
                     _update(scores[name], labels_map, truth, truths[path.stem])
             progress.update(1)
-    rows = []
-    for name, run in runs.items():
-        rows.append({
-            "backend": name,
-            "file": str(run["file"]),
-            "size_mb": round(Path(run["file"]).stat().st_size / 1e6, 2),
-            "ms_per_image": round(1000 * statistics.median(times[name]), 2),
-            "images_per_s": round(len(files) / sum(times[name]), 3),
-            "agreement": same[name] / pixels,
-            "miou": float(scores[name].compute()["miou"]) if scores is not None else None,
-            "auto": run["auto"],
-        })
-    return rows
+    return {name: {
+        "ms_per_image": round(1000 * statistics.median(times[name]), 2),
+        "images_per_s": round(len(files) / sum(times[name]), 3),
+        "agreement": same[name] / pixels if reference is not None else None,
+        "miou": float(scores[name].compute()["miou"]) if scores is not None else None,
+    } for name in predictors}
 
 
 def _runs(model: Any, source: Path, model_name: str | None, num_classes: int | None) -> dict[str, dict[str, Any]]:
@@ -138,7 +152,7 @@ def _runs(model: Any, source: Path, model_name: str | None, num_classes: int | N
     return runs
 
 
-def _ground_truths(files: Sequence[Path], labels: str | os.PathLike) -> dict[str, Path]:
+def ground_truths(files: Sequence[Path], labels: str | os.PathLike) -> dict[str, Path]:
     """The ground-truth label map of each image (by name stem); SemsegError naming the first image without one."""
     folder = Path(labels)
     if not folder.is_dir():

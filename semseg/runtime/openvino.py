@@ -1,8 +1,9 @@
-"""An exported ONNX graph run by OpenVINO on the CPU, usable wherever a model is (a :class:`semseg.runtime.Session`).
+"""An exported model run by OpenVINO on the CPU, usable wherever a model is (a :class:`semseg.runtime.Session`).
 
 OpenVINO reads the ONNX file semseg writes (:func:`semseg.runtime.convert.export_onnx`)
 directly, metadata included (its ``metadata_props`` arrive in the model's
-``rt_info["framework"]``), so there is no second file format to keep. It is
+``rt_info["framework"]``), and the IR ``semseg export --format openvino`` writes
+(``NAME.xml`` + ``NAME.bin``, converted from that graph, the same metadata kept). It is
 compiled for the CPU in fp32 (``INFERENCE_PRECISION_HINT=f32``: on CPUs with
 bf16 OpenVINO would otherwise compute in bf16, which changes labels), with
 ``$OMP_NUM_THREADS`` threads where set, as PyTorch and ONNX Runtime use.
@@ -36,7 +37,7 @@ class OpenVinoModel:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise SemsegError(f"{self.path}: ONNX file not found")
+            raise SemsegError(f"{self.path}: model file not found (an ONNX graph or an OpenVINO IR's .xml)")
         core = ov.Core()
         try:
             model = core.read_model(str(self.path))
