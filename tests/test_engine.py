@@ -294,6 +294,10 @@ def test_ddp_two_processes_match_one(tiny_camvid, tmp_path):
     for a, b in zip(one, two):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["miou"] == pytest.approx(b["miou"], abs=1e-4)
+    # the gallery shows the whole val set under DDP too (each rank evaluates one of the 2 frames)
+    with Image.open(tmp_path / "one" / "val_gallery.png") as a, Image.open(tmp_path / "two" / "val_gallery.png") as b:
+        assert a.size == b.size
+        assert (np.asarray(a.convert("RGB")) != np.asarray(b.convert("RGB"))).any(axis=2).mean() < 0.01
 
 
 def test_demo_trains_evaluates_and_predicts_the_held_back_frame(tmp_path, capsys, monkeypatch):

@@ -81,6 +81,27 @@ def test_frame_picker_matches_a_brute_force_choice():
     assert all((f.prediction == f.index).all() for f in frames)  # each kept with its own prediction
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_frame_pickers_of_ddp_shares_merge_into_the_whole_sets_choice(ranks):
+    rng = np.random.default_rng(1)
+    total, count = 31, 4
+    ious = rng.random(total)
+    ious[[3, 16]] = np.nan
+    whole = FramePicker(total, count)
+    shares = [FramePicker(total, count) for _ in range(ranks)]
+    for index in range(total):  # rank r evaluates frames r, r + ranks, ... (semseg.engine.setup.eval_loader)
+        for picker in (whole, shares[index % ranks]):
+            picker.offer(index, float(ious[index]), np.full((2, 2), index))
+    merged = FramePicker(total, count)
+    for share in shares:
+        merged.merge(share.candidates())
+    def chosen(picker):  # NaN compares unequal to itself: None stands for it
+        return [(f.kind, f.index, None if math.isnan(f.iou) else f.iou) for f in picker.frames()]
+
+    assert chosen(merged) == chosen(whole)
+    assert all((f.prediction == f.index).all() for f in merged.frames())
+
+
 def test_frame_picker_on_a_set_smaller_than_its_count():
     picker = FramePicker(2, 4)
     for index in range(2):

@@ -76,3 +76,12 @@ def broadcast_value(value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.broadcast(tensor, src=0)
     return float(tensor.item())
+
+
+def gather_objects(value: object) -> list[object]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; ``[value]`` without DDP."""
+    if not dist.is_initialized():
+        return [value]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

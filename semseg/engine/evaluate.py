@@ -56,14 +56,17 @@ def evaluate(
     ``boundary``, when given, accumulates boundary IoU over the same predictions
     (``semseg val`` does; training-time validation leaves it out, as it costs
     several times the matrix and mIoU picks the best epoch).
-    Each of ``pickers`` is offered every frame (its position in ``loader.dataset``, its
-    frame IoU and prediction); ``progress`` shows a bar (a line per 10% in a log).
+    Each of ``pickers`` is offered every frame (its index in the whole dataset, also
+    when ``loader.dataset`` is a rank's :class:`Subset` of it; its frame IoU and
+    prediction); ``progress`` shows a bar (a line per 10% in a log).
     """
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index)
     frame = ConfusionMatrix(num_classes, ignore_index) if pickers else None
     position = 0
     total = len(loader.dataset) if hasattr(loader, "dataset") else len(loader)  # type: ignore[arg-type]
+    shard = getattr(loader, "dataset", None)
+    indices = shard.indices if isinstance(shard, Subset) else None  # a DDP rank's share: frames by whole-dataset index
     with Progress(total, "validate", unit="img", logger=log, enabled=progress) as bar:
         for images, masks in loader:
             images = images.to(device)
@@ -83,7 +86,7 @@ def evaluate(
                     matrix.merge(frame)
                     iou, labels = frame_iou(frame.matrix), prediction.cpu().numpy()
                     for picker in pickers:
-                        picker.offer(position, iou, labels)
+                        picker.offer(indices[position] if indices is not None else position, iou, labels)
                     position += 1
             bar.update(images.shape[0])
     matrix.all_reduce()
@@ -125,10 +128,13 @@ def gallery_rows(dataset: Dataset, frames: Sequence[Frame], mean: Sequence[float
 
 def validate(trainer: Trainer, gallery_frames: int = 0) -> tuple[dict[str, Any], np.ndarray | None]:
     """The training-time validation: :func:`evaluate` of the evaluated weights, as a :func:`report` dict,
-    and the gallery picture of ``gallery_frames`` spread and worst frames (rank 0's share under DDP;
-    None without frames)."""
+    and the gallery picture of ``gallery_frames`` spread and worst frames of the whole val set (under
+    DDP each rank picks from its share and rank 0 merges the choices; None on other ranks and
+    without frames)."""
     dataset = trainer.val_loader.dataset
-    picker = FramePicker(len(dataset), gallery_frames) if gallery_frames and trainer.dist.is_main else None
+    if isinstance(dataset, Subset):  # a DDP rank's share
+        dataset = dataset.dataset
+    picker = FramePicker(len(dataset), gallery_frames) if gallery_frames else None
     matrix = evaluate(
         trainer.eval_model,
         trainer.val_loader,
@@ -141,6 +147,12 @@ def validate(trainer: Trainer, gallery_frames: int = 0) -> tuple[dict[str, Any],
         progress=trainer.dist.is_main,
     )
     scores = report(matrix, trainer.class_names)
+    if picker is not None and trainer.dist.enabled:
+        shares = dist_utils.gather_objects(picker.candidates())  # every rank takes part
+        picker = FramePicker(len(dataset), gallery_frames) if trainer.dist.is_main else None
+        if picker is not None:
+            for share in shares:
+                picker.merge(share)  # type: ignore[arg-type]
     if picker is None or not picker.frames():
         return scores, None
     meta = trainer.model.pretrained_cfg

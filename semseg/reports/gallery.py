@@ -75,6 +75,20 @@ class FramePicker:
         elif key > self._worst[0][:2]:
             heapq.heapreplace(self._worst, (*key, np.array(prediction, copy=True)))
 
+    def candidates(self) -> list[tuple[int, float, np.ndarray]]:
+        """``(index, iou, prediction)`` of every frame kept so far: what another picker needs to :meth:`merge`
+        this one's choice (under DDP each rank picks from its share and rank 0 merges them)."""
+        kept = {frame.index: (frame.index, frame.iou, frame.prediction) for frame in self._spread_frames.values()}
+        for neg_iou, neg_index, prediction in self._worst:
+            kept.setdefault(-neg_index, (-neg_index, -neg_iou, prediction))
+        return sorted(kept.values(), key=lambda item: item[0])
+
+    def merge(self, candidates: list[tuple[int, float, np.ndarray]]) -> None:
+        """Offer another picker's :meth:`candidates`: the frames chosen are those one picker offered every
+        frame would choose."""
+        for index, iou, prediction in candidates:
+            self.offer(index, iou, prediction)
+
     def frames(self) -> list[Frame]:
         spread = [self._spread_frames[i] for i in self.spread if i in self._spread_frames]
         shown = {frame.index for frame in spread}
