@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ import torch
 from semseg.errors import SemsegError
 from semseg.io import atomic_write
 
+# the embedded default model: an inference checkpoint shipped in the package (README, "The default model").
+# Here, not in semseg.models: a command that finds its converted graph in the cache never imports the zoo.
+DEFAULT_MODEL_PATH = Path(str(resources.files("semseg"))) / "assets" / "default_model.pt"
 CHECKPOINT_FORMAT = "semseg-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -89,3 +93,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if key not in state:
             raise SemsegError(f"{path}: semseg checkpoint lacks the '{key}' entry")
     return state
+
+
+def default_model_path() -> Path:
+    """The embedded default model, or a clear error where none is shipped."""
+    if not DEFAULT_MODEL_PATH.is_file():
+        raise SemsegError(
+            "no model given and no default model is shipped with this semseg "
+            f"(looked for {DEFAULT_MODEL_PATH}); pass --checkpoint FILE, "
+            "--model NAME --weights FILE --num-classes N, or --onnx FILE"
+        )
+    return DEFAULT_MODEL_PATH

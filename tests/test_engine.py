@@ -301,9 +301,9 @@ def test_ddp_two_processes_match_one(tiny_camvid, tmp_path):
 
 
 def test_demo_trains_evaluates_and_predicts_the_held_back_frame(tmp_path, capsys, monkeypatch):
-    from semseg.models import factory
+    from semseg import checkpoint as checkpoint_module
 
-    monkeypatch.setattr(factory, "DEFAULT_MODEL_PATH", tmp_path / "no_default_model.pt")
+    monkeypatch.setattr(checkpoint_module, "DEFAULT_MODEL_PATH", tmp_path / "no_default_model.pt")
     run = tmp_path / "demo"
     assert main(["demo", "--run-dir", str(run), "--minutes", "0.02"]) == 0
     out = capsys.readouterr().out

@@ -18,6 +18,7 @@ from torchvision import transforms
 
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta
+from semseg import checkpoint as checkpoint_module
 from semseg.models import factory
 from semseg.runtime.precision import resolve_precision
 from semseg.predict import tiling
@@ -433,7 +434,7 @@ def test_predict_cli_refuses_two_images_with_one_output_name(tmp_path, toy_onnx_
 
 
 def test_without_a_model_the_default_model_is_used_once_shipped(three_images, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(factory, "DEFAULT_MODEL_PATH", tmp_path / "default_model.pt")
+    monkeypatch.setattr(checkpoint_module, "DEFAULT_MODEL_PATH", tmp_path / "default_model.pt")
     assert main(["predict", str(three_images), "--out", str(tmp_path / "out")]) == 2
     assert "no default model is shipped" in capsys.readouterr().err
 
@@ -489,7 +490,7 @@ def test_predict_cli_with_a_raw_state_dict(lraspp_checkpoint, three_images, tmp_
 
 def test_the_default_model_is_found_once_shipped(lraspp_checkpoint, three_images, tmp_path, monkeypatch):
     path, _ = lraspp_checkpoint
-    monkeypatch.setattr(factory, "DEFAULT_MODEL_PATH", path)
+    monkeypatch.setattr(checkpoint_module, "DEFAULT_MODEL_PATH", path)
     (three_images / "c.png").unlink()
     assert main(["predict", str(three_images / "a.png"), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "labels" / "a.png").exists()
@@ -539,3 +540,25 @@ def test_predict_cli_follows_and_overrides_the_recommended_tta(lraspp_checkpoint
     assert "no TTA" in capsys.readouterr().out
     assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(path), "--out", str(tmp_path / "c")]) == 0
     assert "no TTA" in capsys.readouterr().out
+
+
+def test_normalize_equals_torchvisions_recipe_bit_for_bit():
+    # semseg writes the two operations of torchvision's Normalize itself (its import costs seconds): same bits
+    image = rgb(37, 53, 5)
+    expected = transforms.Normalize(MEAN, STD)(transforms.ToTensor()(Image.fromarray(image)))
+    chw = torch.from_numpy(image).permute(2, 0, 1)
+    assert torch.equal(normalize(chw, MEAN, STD), expected)
+    assert torch.equal(normalize(torch.stack([chw, chw]), MEAN, STD), torch.stack([expected, expected]))
+
+
+def test_a_prediction_process_does_not_import_torchvision():
+    # start-up time of `semseg predict` on an exported graph: torchvision (and the model zoo) stay out of it
+    import subprocess
+    import sys
+
+    code = ("import sys; from semseg.predict import Predictor, predict_files; "
+            "from semseg.predict.backends import load_for_prediction, open_exported; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'timm', 'segmentation_models_pytorch')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

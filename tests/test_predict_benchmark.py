@@ -89,9 +89,9 @@ def test_benchmark_cli_writes_csv_and_json(checkpoint, folder, tmp_path, capsys)
 
 
 def test_benchmark_runs_on_the_default_model_with_only_a_folder(tmp_path, monkeypatch, capsys, checkpoint):
-    from semseg.models import factory
+    from semseg import checkpoint as checkpoint_module
 
-    monkeypatch.setattr(factory, "DEFAULT_MODEL_PATH", checkpoint[0])  # the shipped one, once the CamVid work lands
+    monkeypatch.setattr(checkpoint_module, "DEFAULT_MODEL_PATH", checkpoint[0])  # the shipped one, once the CamVid work lands
     monkeypatch.chdir(tmp_path)
     images = tmp_path / "images"
     images.mkdir()

@@ -20,7 +20,8 @@ from semseg.engine.loop import fit
 from semseg.errors import SemsegError
 from semseg.io import encode_image_png, list_images, read_image, read_label_map, write_bytes_atomic, write_label_png
 from semseg.metrics import collapse_warning
-from semseg.models import factory, load_model
+from semseg import checkpoint as checkpoint_module
+from semseg.models import load_model
 from semseg.predict import Predictor
 from semseg.reports.viz import overlay, with_legend
 
@@ -69,9 +70,9 @@ def run_demo(run_dir: str | Path = "runs/demo", minutes: float = 2.0) -> int:
     frame = list_images(Path(str(DEMO_ROOT)) / "test")[0]
     out = run_dir / "prediction"
     overlay_path = _predict_frame(load_model(run_dir / "best.pt"), frame, out, "", "the demo model")
-    if factory.DEFAULT_MODEL_PATH.is_file():  # the same frame by the embedded default model (an hour of CamVid training)
+    if checkpoint_module.DEFAULT_MODEL_PATH.is_file():  # the same frame by the embedded default model (an hour of CamVid training)
         who = "semseg's default CamVid model (trained on CamVid train+val, which hold this frame)"
-        _predict_frame(load_model(factory.DEFAULT_MODEL_PATH), frame, out, "default_", who)
+        _predict_frame(load_model(checkpoint_module.DEFAULT_MODEL_PATH), frame, out, "default_", who)
     log.info("look at: %s (colour overlay), %s (scores)", overlay_path, run_dir / "metrics.jsonl")
     return 0
 

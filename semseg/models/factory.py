@@ -17,13 +17,12 @@ import difflib
 import inspect
 import os
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from semseg.checkpoint import load_checkpoint
+from semseg.checkpoint import DEFAULT_MODEL_PATH, default_model_path, load_checkpoint  # noqa: F401  (re-exported)
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta, check_num_classes
 from semseg.models import fcn8s, realtime, smp_zoo, torchvision_zoo, transformers_zoo  # noqa: F401  (importing a family registers its builders)
@@ -37,8 +36,6 @@ NORMS = ("bn", "gn", "syncbn")
 # so that rebuilding a model from a checkpoint never downloads anything
 WEIGHT_SOURCE_KWARGS = ("pretrained_backbone",)
 _PLAIN = (type(None), bool, int, float, str)
-# The embedded default model (semseg predict without a model argument).
-DEFAULT_MODEL_PATH = Path(str(resources.files("semseg"))) / "assets" / "default_model.pt"
 
 
 def get_builder(name: str) -> ModelBuilder:
@@ -146,17 +143,6 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     load_state(model, state["model"], source=str(path), new_head_ok=False, from_model=name)
     model.pretrained_cfg = replace(ModelMeta.from_dict(meta), source=str(path))
     return model.to(map_location).eval()
-
-
-def default_model_path() -> Path:
-    """The embedded default model, or a clear error where none is shipped."""
-    if not DEFAULT_MODEL_PATH.is_file():
-        raise SemsegError(
-            "no model given and no default model is shipped with this semseg "
-            f"(looked for {DEFAULT_MODEL_PATH}); pass --checkpoint FILE, "
-            "--model NAME --weights FILE --num-classes N, or --onnx FILE"
-        )
-    return DEFAULT_MODEL_PATH
 
 
 def load_torch_model(

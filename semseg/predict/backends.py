@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from semseg.checkpoint import default_model_path
 from semseg.errors import SemsegError
 from semseg.io import list_images, read_image
 from semseg.meta import ModelMeta
@@ -271,9 +272,6 @@ def load_for_prediction(
     finds an earlier conversion of them (and, for ``auto``, its verdict for ONNX
     Runtime) never builds the PyTorch model nor imports the model zoo.
     """
-    # imported here: the zoo (torchvision, smp, timm) takes seconds to import, and a cached graph never needs it
-    from semseg.models.factory import default_model_path, load_torch_model
-
     check_backend(backend)
     source = checkpoint if checkpoint is not None else weights
     if source is None and model_name is None and weights is None and num_classes is None:
@@ -284,5 +282,8 @@ def load_for_prediction(
         cached = cached_choice(key, backend, precision, device)
         if cached is not None:
             return cached
+    # imported here: the zoo (torchvision, smp, timm) takes seconds to import, and a cached graph never needs it
+    from semseg.models.factory import load_torch_model
+
     model = load_torch_model(checkpoint, model_name, weights, num_classes)
     return resolve_backend(model, backend, precision, device, key=key)

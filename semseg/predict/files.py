@@ -19,7 +19,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from semseg.data.formats import trainid_to_labelid
 from semseg.errors import SemsegError
 from semseg.io import (
     IMAGE_EXTENSIONS,
@@ -132,6 +131,10 @@ def write_outputs(out_dir: Path, stem: str, rgb: np.ndarray, prediction: Predict
     """``labels/<stem>.png`` (palette PNG, indices = ids; ``cityscapes``: 8-bit labelIds), ``overlays/``,
     and ``confidence/`` when computed."""
     if label_format == "cityscapes":
+        # imported here: semseg.data pulls in torchvision (its datasets and transforms), seconds of start-up
+        # that a prediction process without --format cityscapes never needs
+        from semseg.data.formats import trainid_to_labelid
+
         write_label_png(out_dir / "labels" / f"{stem}.png", trainid_to_labelid(prediction.labels))
     else:
         write_label_png(out_dir / "labels" / f"{stem}.png", prediction.labels, palette)

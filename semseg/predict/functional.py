@@ -11,7 +11,6 @@ from typing import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
 
 from semseg.errors import SemsegError
 from semseg.meta import Size, as_size, check_tta_scales
@@ -34,6 +33,10 @@ def resize_images(images: Tensor, size: Size) -> Tensor:
     """Resize normalized images ``[N, 3, h, w]`` to ``size`` (bilinear, antialiased when shrinking)."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
+    # imported here: torchvision's package import takes seconds, which whole-image prediction at native size
+    # (no --size, no TTA) never needs
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.resize(images, list(size), antialias=True)
 
 

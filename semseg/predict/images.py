@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
 
 from semseg.errors import SemsegError
 from semseg.io import read_image
@@ -43,7 +42,15 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
     """uint8 ``[..., 3, H, W]`` -> normalized float32.
 
     Divides by 255 like torchvision's ToTensor (v2's ``to_dtype(scale=True)``
-    multiplies by 1/255, which differs in the last bit) and then uses the very
-    Normalize of torchvision, so fp32 prediction matches the plain recipe exactly.
+    multiplies by 1/255, which differs in the last bit) and then subtracts the
+    mean and divides by the std per channel, the two float32 operations of
+    torchvision's Normalize in its order, so fp32 prediction matches the plain
+    recipe bit for bit (tests/test_predict.py compares them). Written here rather
+    than called: importing torchvision costs a prediction process seconds of
+    start-up (its package imports its models and ops), and a process running an
+    exported graph needs nothing else from it.
     """
-    return TF.normalize(images.to(torch.float32).div(255), list(mean), list(std))
+    scaled = images.to(torch.float32).div(255)
+    shape = (3, 1, 1)
+    return scaled.sub_(torch.as_tensor(mean, dtype=torch.float32).view(shape)).div_(
+        torch.as_tensor(std, dtype=torch.float32).view(shape))
