@@ -177,3 +177,24 @@ def test_export_shows_its_progress(tmp_path, caplog, fmt, name, steps):
         export_model(model, tmp_path / name, fmt, (32, 48))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("export: ")]
     assert lines and lines[-1].startswith(f"export: {steps}/{steps} step (100%)")
+
+
+def test_int8_without_nncf_says_what_to_install(labelled, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
+    with pytest.raises(SemsegError, match=r"--int8 --format onnx needs nncf: pip install 'semseg\[openvino\]'"):
+        export_model(ToySeg(), tmp_path / "m.onnx", "onnx", (32, 48), int8=True, calib=[str(labelled / "images")],
+                     labels=labelled / "labels")
+
+
+def test_int8_refuses_labels_without_a_labelled_pixel(labelled, tmp_path):
+    labels = tmp_path / "void"
+    labels.mkdir()
+    for path in (labelled / "labels").iterdir():
+        Image.fromarray(np.full((40, 56), 255, np.uint8)).save(labels / path.name)
+    with pytest.raises(SemsegError, match="no labelled pixel in the label maps"):
+        export_model(ToySeg(), tmp_path / "m.onnx", "onnx", (32, 48), int8=True, calib=[str(labelled / "images")],
+                     labels=labels)
+    assert not (tmp_path / "m.onnx").exists()

@@ -23,7 +23,9 @@ the speed is measured and printed, never assumed.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -47,6 +49,7 @@ from semseg.runtime.convert import INPUT_NAME
 
 DEFAULT_MAX_DROP = 1.0  # mIoU points
 CALIBRATION_IMAGES = 300  # NNCF's default subset size
+EXTRA = {"onnx": "onnx", "openvino": "openvino"}  # the pip extra that installs each format's runtime
 log = logging.getLogger(__name__)
 
 
@@ -71,15 +74,20 @@ def quantize_checked(
     name. Returns the float32 export's parity report plus ``fp32`` and ``int8``
     (each ``miou``, ``ms_per_image``, ``images_per_s``, ``agreement`` with
     float32), ``miou_drop`` in points, ``calibration_images`` (the first
-    :data:`CALIBRATION_IMAGES`) and ``scored_images`` (all of them). SemsegError,
+    ``calibration_images`` of them) and ``scored_images`` (all of them). SemsegError,
     with nothing written, when the drop exceeds ``max_drop`` and ``gate`` is on.
     """
-    import nncf
-
     if fmt not in ("onnx", "openvino"):
         raise SemsegError(f"--int8 applies to --format onnx or openvino, not {fmt}")
+    for module, extra in (("nncf", "openvino"), ("openvino" if fmt == "openvino" else "onnxruntime", EXTRA[fmt])):
+        if importlib.util.find_spec(module) is None:
+            raise SemsegError(f"--int8 --format {fmt} needs {module}: pip install 'semseg[{extra}]'")
     if not max_drop >= 0:
         raise SemsegError(f"--max-drop must be 0 or more mIoU points, got {max_drop}")
+    if calibration_images < 1:
+        raise SemsegError(f"int8 calibration needs at least one image, got calibration_images={calibration_images}")
+    import nncf
+
     files = resolve_sources(calib)
     truths = ground_truths(files, labels)
     meta = ModelMeta.of(model)
@@ -97,6 +105,9 @@ def quantize_checked(
         int8 = _session(fmt, int8_path)
         measured = compare_predictors({"fp32": Predictor(fp32, tta=False), "int8": Predictor(int8, tta=False)},
                                       files, truths, meta, ignore_index, reference="fp32", label="int8 against float32")
+        if math.isnan(measured["fp32"]["miou"]):
+            raise SemsegError(f"{labels}: no labelled pixel in the label maps of the --calib images (all are the ignore "
+                              "index?), so the int8 model's accuracy cannot be checked; nothing written")
         drop = 100 * (measured["fp32"]["miou"] - measured["int8"]["miou"])
         result = {**report, **measured, "miou_drop": drop, "calibration_images": len(chosen),
                   "scored_images": len(files)}
