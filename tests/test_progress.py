@@ -13,7 +13,7 @@ def test_without_a_terminal_a_line_comes_every_n_steps(caplog):
         for step in range(25):
             bar.update(1, loss=f"{step:.1f}")
     lines = [record.getMessage() for record in caplog.records]
-    assert lines == ["work: 10/25 img (40%), loss 9.0", "work: 20/25 img (80%), loss 19.0"]
+    assert lines == ["work: 10/25 img (40%), loss 9.0", "work: 20/25 img (80%), loss 19.0", "work: 25/25 img (100%), loss 24.0"]
 
 
 def test_by_default_every_tenth_and_never_when_info_is_off_or_disabled(caplog):
