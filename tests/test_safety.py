@@ -183,7 +183,11 @@ with terminate_as_interrupt(), atomic_write(sys.argv[1]) as handle:  # as in eve
     handle.write(b"half")
     handle.flush()
     print("writing", flush=True)
-    time.sleep(60)
+    # short sleeps, as a command's main thread runs Python between steps: the kernel may hand a process-wide
+    # SIGTERM to another thread of the process (imports start one), and Python then runs the handler only when
+    # the main thread next runs bytecode, which a single 60-second sleep would delay past the test's timeout
+    for _ in range(600):
+        time.sleep(0.1)
 """
 
 
