@@ -11,6 +11,7 @@ import torch
 
 from semseg.export import checkpoint as export_checkpoint_module
 from semseg.export import onnx as export
+from semseg.export import parity as export_parity
 from semseg.errors import SemsegError
 from semseg.export import check_parity, export_checked, export_onnx, parity_inputs
 from semseg.runtime import OnnxModel
@@ -45,7 +46,7 @@ def test_export_is_dynamic_by_default(tmp_path):
 
 
 def test_the_workflow_check_fails_the_export_and_removes_the_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "compare_workflow", lambda *a: {"workflow_agreement": 0.9, "workflow_frames": 4})
+    monkeypatch.setattr(export_parity, "compare_workflow", lambda *a: {"workflow_agreement": 0.9, "workflow_frames": 4})
     with pytest.raises(SemsegError, match="parity check failed: semseg predict --onnx agrees with semseg predict on the "
                        "PyTorch model on 90.000% of pixels"):
         export_checked(ToySeg(), tmp_path / "m.onnx", (32, 48))

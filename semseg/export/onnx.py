@@ -15,12 +15,9 @@ from typing import Any, Sequence
 
 from torch import Tensor, nn
 
-from semseg.export.parity import (
-    PARITY_MIN_AGREEMENT, compare_logits, compare_workflow, export_progress, fail_unless_parity, parity_inputs,
-    workflow_frames,
-)
+from semseg.export.parity import check_graph, compare_logits, export_progress, graph_check_steps
 from semseg.io import staged_path
-from semseg.meta import ModelMeta, Size, as_size
+from semseg.meta import Size
 from semseg.runtime.convert import (  # noqa: F401  (the graph writer lives below prediction; re-exported here)
     DEFAULT_EXPORT_SIZE, INPUT_NAME, NOT_EXPORTABLE, OUTPUT_NAME, export_onnx, fixed_size_only,
 )
@@ -56,26 +53,7 @@ def export_checked(
     Returns the logits report with ``dynamic`` and the workflow agreements.
     """
     path = Path(path)
-    meta = ModelMeta.of(model)
-    frames = workflow_frames()
-    likely_dynamic = dynamic if dynamic is not None else fixed_size_only(model) is None
-    batches = len(parity_inputs((8, 8), meta.mean, meta.std, likely_dynamic))
-    with staged_path(path) as staged, export_progress(1 + batches + len(frames), log) as progress:
+    with staged_path(path) as staged, export_progress(graph_check_steps(model, dynamic, 1), log) as progress:
         export_onnx(model, staged, input_size, dynamic, opset)
         progress.update(1, check="graph written")
-        session = OnnxModel(staged, device="cpu")
-        dynamic = session.dynamic
-        inputs = parity_inputs(as_size(input_size, "input size"), meta.mean, meta.std, dynamic)
-        report = check_parity(model, staged, inputs, progress)
-        fail_unless_parity(report, path, "ONNX Runtime agrees with PyTorch")
-        workflow = compare_workflow(model, session, frames, progress)
-        key = "workflow_agreement" if dynamic else "graph_agreement"
-        who = "semseg predict --onnx agrees with semseg predict on the PyTorch model"
-        if not dynamic:
-            who = "semseg predict --onnx agrees with the PyTorch model run in the same tiles"
-        fail_unless_parity({**report, "agreement": workflow[key]}, path, who)
-    if not dynamic and workflow["workflow_agreement"] < PARITY_MIN_AGREEMENT:
-        log.warning("a graph of one size predicts the sample street frames unlike the PyTorch model at native size "
-                    "on %.2f%% of pixels (its tiles see less context); export with --dynamic where the model allows it",
-                    100 * (1 - workflow["workflow_agreement"]))
-    return {**report, **workflow, "dynamic": dynamic}
+        return check_graph(model, OnnxModel(staged, device="cpu"), input_size, path, "ONNX Runtime", progress)

@@ -26,11 +26,9 @@ from typing import Any
 from torch import nn
 
 from semseg.errors import SemsegError
-from semseg.export.parity import (
-    compare_logits, compare_workflow, export_progress, fail_unless_parity, parity_inputs, workflow_frames,
-)
-from semseg.meta import ModelMeta, Size, as_size
-from semseg.runtime.convert import DEFAULT_EXPORT_SIZE, export_onnx, fixed_size_only
+from semseg.export.parity import check_graph, export_progress, graph_check_steps
+from semseg.meta import Size
+from semseg.runtime.convert import DEFAULT_EXPORT_SIZE, export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -84,32 +82,17 @@ def export_openvino_checked(
 ) -> dict[str, Any]:
     """Write ``model`` as an OpenVINO IR (``path`` = ``NAME.xml``) after checking it against PyTorch.
 
-    The checks are those of the ONNX export (:func:`semseg.export.onnx.export_checked`),
-    run through OpenVINO: logits on :func:`parity_inputs` and, for a graph of any
-    size, the labels of ``semseg predict`` on the shipped street frames. Returns
-    the report of both, with ``dynamic``.
+    The checks are those of the ONNX export (:func:`semseg.export.parity.check_graph`),
+    run through OpenVINO. Returns their report, with ``dynamic``.
     """
     from semseg.runtime.openvino import OpenVinoModel
 
-    meta = ModelMeta.of(model)
     ir_paths(path)
-    frames = workflow_frames()
-    likely_dynamic = dynamic if dynamic is not None else fixed_size_only(model) is None
-    batches = len(parity_inputs((8, 8), meta.mean, meta.std, likely_dynamic))
-    with staged_model(path) as staged, export_progress(2 + batches + len(frames), log) as progress:
+    with staged_model(path) as staged, export_progress(graph_check_steps(model, dynamic, 2), log) as progress:
         onnx_path = staged.with_suffix(".onnx")
         export_onnx(model, onnx_path, input_size, dynamic, opset)
         progress.update(1, check="graph written")
         save_ir(convert_to_ir(onnx_path), staged)
         onnx_path.unlink()
         progress.update(1, check="IR written")
-        session = OpenVinoModel(staged)
-        inputs = parity_inputs(as_size(input_size, "input size"), meta.mean, meta.std, session.dynamic)
-        report = compare_logits(model, session, inputs, f"{path}: OpenVINO", progress)
-        fail_unless_parity(report, Path(path), "OpenVINO agrees with PyTorch")
-        workflow = compare_workflow(model, session, frames, progress)
-        key = "workflow_agreement" if session.dynamic else "graph_agreement"
-        fail_unless_parity({**report, "agreement": workflow[key]}, Path(path),
-                           "semseg predict on the OpenVINO model agrees with semseg predict on the PyTorch model")
-        dynamic = session.dynamic
-    return {**report, **workflow, "dynamic": dynamic}
+        return check_graph(model, OpenVinoModel(staged), input_size, Path(path), "OpenVINO", progress)

@@ -13,6 +13,7 @@ does) on the export and on the PyTorch model in fp32, and compares the labels.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,13 +23,15 @@ from PIL import Image
 from torch import Tensor, nn
 
 from semseg.errors import SemsegError
-from semseg.meta import ModelMeta, Size
+from semseg.meta import ModelMeta, Size, as_size
 from semseg.predict.backends import sample_frames as workflow_frames  # the shipped street frames, native size
 from semseg.predict.images import normalize
 from semseg.predict.predictor import Predictor
 from semseg.progress import Progress
+from semseg.runtime.convert import fixed_size_only
 
 PARITY_MIN_AGREEMENT = 0.999
+log = logging.getLogger(__name__)
 
 
 def parity_inputs(input_size: Size, mean: Sequence[float], std: Sequence[float], dynamic: bool = False) -> list[Tensor]:
@@ -141,3 +144,42 @@ def compare_workflow(
     if tiled is not None:
         report["graph_agreement"] = same_tiled / pixels
     return report
+
+
+def graph_check_steps(model: nn.Module, dynamic: bool | None, files_written: int) -> int:
+    """Progress steps of a graph export: the files written, then each parity batch and workflow frame."""
+    meta = ModelMeta.of(model)
+    likely_dynamic = dynamic if dynamic is not None else fixed_size_only(model) is None
+    return files_written + len(parity_inputs((8, 8), meta.mean, meta.std, likely_dynamic)) + len(workflow_frames())
+
+
+def check_graph(
+    model: nn.Module, session: Any, input_size: Size, path: Path, runtime: str, progress: Progress | None = None
+) -> dict[str, Any]:
+    """The checks of every graph export, ``session`` (a staged graph in ``runtime``) against PyTorch fp32.
+
+    Its logits on :func:`parity_inputs`, then the labels of ``semseg predict
+    --onnx`` on the shipped frames (:func:`compare_workflow`): for a graph of
+    any size against ``semseg predict`` on the PyTorch model, for a graph of
+    one size against the PyTorch model in the same tiles (with a warning saying
+    how far tiling moves its labels from the PyTorch model's). Either below
+    :data:`PARITY_MIN_AGREEMENT` raises (:func:`fail_unless_parity`). Returns
+    the logits report with ``dynamic`` and the workflow agreements.
+    """
+    meta = ModelMeta.of(model)
+    dynamic = session.fixed_input_size is None
+    inputs = parity_inputs(as_size(input_size, "input size"), meta.mean, meta.std, dynamic)
+    report = compare_logits(model, session, inputs, f"{path}: {runtime}", progress)
+    fail_unless_parity(report, path, f"{runtime} agrees with PyTorch")
+    workflow = compare_workflow(model, session, workflow_frames(), progress)
+    if dynamic:
+        fail_unless_parity({**report, "agreement": workflow["workflow_agreement"]}, path,
+                           "semseg predict --onnx agrees with semseg predict on the PyTorch model")
+    else:
+        fail_unless_parity({**report, "agreement": workflow["graph_agreement"]}, path,
+                           "semseg predict --onnx agrees with the PyTorch model run in the same tiles")
+        if workflow["workflow_agreement"] < PARITY_MIN_AGREEMENT:
+            log.warning("a graph of one size predicts the sample street frames unlike the PyTorch model at native "
+                        "size on %.2f%% of pixels (its tiles see less context); export with --dynamic where the model "
+                        "allows it", 100 * (1 - workflow["workflow_agreement"]))
+    return {**report, **workflow, "dynamic": dynamic}

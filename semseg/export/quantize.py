@@ -27,7 +27,6 @@ import importlib.util
 import logging
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +40,7 @@ from semseg.export.onnx import export_checked
 from semseg.export.openvino import export_openvino_checked, save_ir, staged_model
 from semseg.io import read_image
 from semseg.meta import ModelMeta, Size
+from semseg.predict.backends import open_session, require_runtime
 from semseg.predict.benchmark import compare_predictors, ground_truths
 from semseg.predict.files import resolve_sources
 from semseg.predict.images import normalize, to_chw
@@ -49,7 +49,6 @@ from semseg.runtime.convert import INPUT_NAME
 
 DEFAULT_MAX_DROP = 1.0  # mIoU points
 CALIBRATION_IMAGES = 300  # NNCF's default subset size
-EXTRA = {"onnx": "onnx", "openvino": "openvino"}  # the pip extra that installs each format's runtime
 log = logging.getLogger(__name__)
 
 
@@ -79,9 +78,10 @@ def quantize_checked(
     """
     if fmt not in ("onnx", "openvino"):
         raise SemsegError(f"--int8 applies to --format onnx or openvino, not {fmt}")
-    for module, extra in (("nncf", "openvino"), ("openvino" if fmt == "openvino" else "onnxruntime", EXTRA[fmt])):
-        if importlib.util.find_spec(module) is None:
-            raise SemsegError(f"--int8 --format {fmt} needs {module}: pip install 'semseg[{extra}]'")
+    if importlib.util.find_spec("nncf") is None:
+        raise SemsegError(f"--int8 --format {fmt} needs nncf: pip install 'semseg[openvino]'")
+    runtime = "openvino" if fmt == "openvino" else "onnxruntime"
+    require_runtime(runtime)
     if not max_drop >= 0:
         raise SemsegError(f"--max-drop must be 0 or more mIoU points, got {max_drop}")
     if calibration_images < 1:
@@ -92,17 +92,19 @@ def quantize_checked(
     truths = ground_truths(files, labels)
     meta = ModelMeta.of(model)
     suffix = ".xml" if fmt == "openvino" else ".onnx"
-    with tempfile.TemporaryDirectory(prefix="semseg-int8-") as folder:
-        fp32_path, int8_path = Path(folder) / f"fp32{suffix}", Path(folder) / f"int8{suffix}"
+    # the float32 graph in a temporary folder; the int8 one written straight into the staged output, which
+    # replaces ``path`` only when the gate passes
+    with tempfile.TemporaryDirectory(prefix="semseg-int8-") as folder, staged_model(path) as staged:
+        fp32_path = Path(folder) / f"fp32{suffix}"
         check = export_openvino_checked if fmt == "openvino" else export_checked
         report = check(model, fp32_path, input_size, dynamic, opset)
-        fp32 = _session(fmt, fp32_path)
+        fp32 = open_session(runtime, fp32_path)
         chosen = files[:calibration_images]
         log.info("quantizing to int8 with NNCF on %d calibration images", len(chosen))
         # decoded lazily, image by image (NNCF reads the set more than once): memory stays one image
         dataset = nncf.Dataset(chosen, lambda image: _calibration_input(image, meta, fp32.fixed_input_size, fmt))
-        _write_int8(fmt, fp32_path, int8_path, dataset, len(chosen))
-        int8 = _session(fmt, int8_path)
+        _write_int8(fmt, fp32_path, staged, dataset, len(chosen))
+        int8 = open_session(runtime, staged)
         measured = compare_predictors({"fp32": Predictor(fp32, tta=False), "int8": Predictor(int8, tta=False)},
                                       files, truths, meta, ignore_index, reference="fp32", label="int8 against float32")
         if math.isnan(measured["fp32"]["miou"]):
@@ -117,16 +119,7 @@ def quantize_checked(
                 f"images against {100 * measured['fp32']['miou']:.2f} in float32, a drop of {drop:.2f} points, more "
                 f"than --max-drop {max_drop:g}; nothing written (pass --no-gate to write it anyway)"
             )
-        with staged_model(path) as staged:
-            _move(int8_path, staged)
     return result
-
-
-def _session(fmt: str, path: Path) -> Any:
-    from semseg.runtime.onnx import OnnxModel
-    from semseg.runtime.openvino import OpenVinoModel
-
-    return OpenVinoModel(path) if fmt == "openvino" else OnnxModel(path, device="cpu")
 
 
 def _calibration_input(path: Path, meta: ModelMeta, fixed_size: tuple[int, int] | None, fmt: str) -> Any:
@@ -150,10 +143,3 @@ def _write_int8(fmt: str, fp32_path: Path, int8_path: Path, dataset: Any, size: 
     import onnx
 
     onnx.save(nncf.quantize(onnx.load(str(fp32_path)), dataset, subset_size=size), str(int8_path))
-
-
-def _move(source: Path, staged: Path) -> None:
-    """The int8 files into the staged path (an IR's ``.bin`` beside its ``.xml``); across file systems."""
-    if source.suffix == ".xml":
-        shutil.move(source.with_suffix(".bin"), staged.with_suffix(".bin"))
-    shutil.move(source, staged)

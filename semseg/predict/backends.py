@@ -57,6 +57,12 @@ def runtime_available(runtime: str) -> bool:
     return importlib.util.find_spec(runtime) is not None
 
 
+def require_runtime(runtime: str) -> None:
+    """SemsegError saying which extra installs ``runtime`` (``onnxruntime`` or ``openvino``) where it is missing."""
+    if not runtime_available(runtime):
+        raise SemsegError(f"backend {runtime} needs it installed: pip install 'semseg[{EXTRAS[runtime]}]'")
+
+
 def available_runtimes() -> list[str]:
     return [runtime for runtime in RUNTIMES if runtime_available(runtime)]
 
@@ -77,19 +83,12 @@ def open_exported(path: str | os.PathLike, backend: str = "auto", device: str = 
     if backend == "torch":
         raise SemsegError(f"{path}: an exported model runs in ONNX Runtime or OpenVINO; --backend torch needs "
                           "--checkpoint or --model")
-    if Path(path).suffix.lower() == ".xml":
-        if backend == "onnxruntime":
-            raise SemsegError(f"{path}: an OpenVINO IR runs in OpenVINO; drop --backend onnxruntime or give the ONNX graph")
-        return _need_runtime("openvino", lambda: open_session("openvino", path))
-    if backend == "openvino":
-        return _need_runtime("openvino", lambda: open_session("openvino", path))
-    return _need_runtime("onnxruntime", lambda: OnnxModel(path, device=device))
-
-
-def _need_runtime(runtime: str, open_model: Callable[[], Any]) -> Any:
-    if not runtime_available(runtime):
-        raise SemsegError(f"backend {runtime} needs it installed: pip install 'semseg[{EXTRAS[runtime]}]'")
-    return open_model()
+    is_ir = Path(path).suffix.lower() == ".xml"
+    if is_ir and backend == "onnxruntime":
+        raise SemsegError(f"{path}: an OpenVINO IR runs in OpenVINO; drop --backend onnxruntime or give the ONNX graph")
+    runtime = "openvino" if is_ir or backend == "openvino" else "onnxruntime"
+    require_runtime(runtime)
+    return open_session(runtime, path) if runtime == "openvino" else OnnxModel(path, device=device)
 
 
 def auto_choice(record: dict[str, Any]) -> str:
@@ -130,8 +129,7 @@ def resolve_backend(
         return model, "torch"
     reason = fixed_size_only(model)
     if backend in RUNTIMES:
-        if not runtime_available(backend):
-            raise SemsegError(f"backend {backend} needs it installed: pip install 'semseg[{EXTRAS[backend]}]'")
+        require_runtime(backend)
         if reason:
             raise SemsegError(f"backend {backend} runs graphs of any size, and this model has none: {reason}; "
                               "export it with semseg export --fixed and predict with --onnx")
