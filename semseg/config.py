@@ -119,6 +119,9 @@ class TrainConfig:
     # auto: bf16 autocast on CUDA and on CPUs with bf16, else fp32; fp16 needs CUDA
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
+    # torch.compile the training forward pass (inductor; on the CPU it needs a C++ compiler). Off by default:
+    # BENCHMARKS.md "Training step: torch.compile" has what it gives per machine
+    compile: bool = False
     device: str = "auto"
     val_every: int = 1
     # stop after this many validations without a better mIoU (0 = never)
@@ -178,7 +181,11 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         names = ", ".join(_type_name(o) for o in get_args(kind))
         raise SemsegError(f"config key '{key}': {value!r} is not one of: {names}")
     if origin is Literal:
-        if value not in get_args(kind):
+        choices = get_args(kind)
+        if isinstance(value, bool) and "on" in choices and "off" in choices:
+            # YAML 1.1 reads a bare on/off (train.channels_last=off) as a boolean
+            value = "on" if value else "off"
+        if value not in choices:
             raise SemsegError(f"config key '{key}': {value!r} is not one of {list(get_args(kind))}")
         return value
     if kind is type(None):

@@ -81,6 +81,16 @@ def test_override_values_are_yaml():
     assert values == {"a.b": 3, "a.c": 0.5, "a.d": [1, 2], "a.e": None, "a.f": "text", "a.g": True}
 
 
+def test_bare_on_and_off_are_the_words_not_booleans(tmp_path):
+    # YAML 1.1 reads on/off as true/false; for an auto|on|off key the user meant the word
+    assert load_config(None, ["train.channels_last=off"]).train.channels_last == "off"
+    assert load_config(None, ["train.channels_last=on"]).train.channels_last == "on"
+    (tmp_path / "c.yaml").write_text("train:\n  channels_last: off\n")
+    assert load_config(tmp_path / "c.yaml").train.channels_last == "off"
+    with pytest.raises(SemsegError, match="'train.compile'"):  # a plain boolean key keeps its type check
+        load_config(None, ["train.compile=sometimes"])
+
+
 @pytest.mark.parametrize(
     "overrides, num_classes, message",
     [

@@ -156,6 +156,28 @@ def test_class_weights_from_the_training_set(tiny_camvid, tmp_path):
     assert max(weights) > 1 > min(w for w in weights if w > 0)  # rare classes up, frequent ones down
 
 
+@pytest.mark.slow  # inductor compiles LR-ASPP's forward and backward: minutes on two cores
+def test_compile_trains_the_same_model_and_checkpoints_its_eager_weights(tiny_camvid, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, tiny_camvid, "train.epochs=1", "train.compile=true") == 0
+    assert "device   cpu, fp32, channels_last, torch.compile" in capsys.readouterr().out  # the start banner says so
+    state = torch.load(run / "last.pt", weights_only=True)
+    eager = load_config(None, FAST)
+    from semseg.engine.setup import build_model
+
+    expected = build_model(eager, 11, [f"c{i}" for i in range(11)], [[0, 0, 0]] * 11).state_dict()
+    assert list(state["model"]) == list(expected)  # no compiled wrapper's prefixes: the checkpoint loads anywhere
+    assert np.isfinite(_metrics(run)[-1]["train_loss"])
+    assert main(["val", "--checkpoint", str(run / "last.pt")]) == 0
+
+
+def test_compile_without_a_cpp_compiler_is_one_clear_error(tiny_camvid, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    assert _train(tmp_path / "run", tiny_camvid, "train.epochs=1", "train.compile=true") == 2
+    err = capsys.readouterr().err
+    assert "'train.compile'" in err and "'/nonexistent/g++' was not found" in err and "Traceback" not in err
+
+
 def test_bn_momentum_applies_to_every_batchnorm():
     from semseg.engine.setup import build_model
 

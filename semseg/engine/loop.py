@@ -149,11 +149,15 @@ def _ddp_forward(trainer: Trainer) -> nn.Module:
     # set-prediction models train on their queries, which only forward_aux returns
     with_aux = bool(getattr(trainer.model, "has_aux", False)) and (
         trainer.cfg.train.aux_weight > 0 or getattr(trainer.model, "set_prediction", False))
-    forward = _TrainForward(trainer.model, with_aux)
-    if not trainer.dist.enabled:
-        return forward
-    device_ids = [trainer.device.index] if trainer.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(forward, device_ids=device_ids)
+    forward: nn.Module = _TrainForward(trainer.model, with_aux)
+    if trainer.dist.enabled:
+        device_ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(forward, device_ids=device_ids)
+    if trainer.cfg.train.compile:
+        # compiled around DDP, as PyTorch's DDP notes advise; the model itself stays uncompiled, so its
+        # state dict (checkpoints) and evaluation are the eager ones
+        forward = torch.compile(forward)
+    return forward
 
 
 def _log_epoch(trainer: Trainer, entry: dict[str, Any]) -> None:
@@ -198,7 +202,7 @@ def _log_banner(trainer: Trainer, resumed: bool) -> None:
     cfg, t = trainer.cfg, trainer.cfg.train
     val = len(trainer.val_loader.dataset) if trainer.val_loader is not None else 0
     budget = f" or {t.time_limit_minutes:g} min, whichever ends first" if t.time_limit_minutes else ""
-    memory = ", channels_last" if trainer.channels_last else ""
+    memory = (", channels_last" if trainer.channels_last else "") + (", torch.compile" if t.compile else "")
     ranks = f", {trainer.dist.world_size} processes (DDP)" if trainer.dist.enabled else ""
     weights = f" ({t.class_weights} class weights)" if isinstance(t.class_weights, str) else ""
     lines = [

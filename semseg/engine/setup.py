@@ -23,7 +23,7 @@ from semseg.errors import SemsegError
 from semseg.losses import class_weights, create_loss
 from semseg.losses.mask_classification import MaskClassificationLoss
 from semseg.models import convert_norm, create_model
-from semseg.runtime.precision import resolve_device, resolve_precision, use_channels_last
+from semseg.runtime.precision import check_compile_toolchain, resolve_device, resolve_precision, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
     precision = resolve_precision(cfg.train.precision, device)
+    if cfg.train.compile:
+        check_compile_toolchain(device)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.train.seed)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import shutil
 from typing import ContextManager
 
 import torch
@@ -65,3 +67,14 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
     if setting == "off":
         return False
     return True
+
+
+def check_compile_toolchain(device: torch.device) -> None:
+    """SemsegError when ``torch.compile`` cannot work on ``device``: inductor builds CPU kernels with the
+    C++ compiler ``$CXX`` (default ``g++``), and without one the first compiled step fails deep inside PyTorch."""
+    if device.type != "cpu":
+        return
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise SemsegError(f"config key 'train.compile': torch.compile builds CPU kernels with a C++ compiler and "
+                          f"{compiler!r} was not found (install g++, or set $CXX); or set train.compile=false")
