@@ -285,7 +285,7 @@ def test_export_with_no_flags_then_predict_onnx_matches_predict_on_camvid_size_f
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "say what to export"),
+        (["--weights", "w.pth"], "--weights and --num-classes go with --model NAME"),
         (["--model", "no_such_net", "--weights", "w.pth", "--num-classes", "3"], "unknown model 'no_such_net'"),
         (["--model", "lraspp_mobilenet_v3_large", "--num-classes", "3"], "needs --weights FILE"),
         (["--checkpoint", "missing.pt"], "checkpoint file not found"),
@@ -297,6 +297,17 @@ def test_export_cli_bad_inputs(zoo_checkpoint, tmp_path, capsys, args, message):
     assert main(["export", *args, "--out", str(tmp_path / "x.onnx")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_without_a_model_source_exports_the_default_model(tmp_path, capsys):
+    out = tmp_path / "default.pt"
+    assert main(["export", "--format", "semseg", "--half", "--out", str(out)]) == 0
+    assert "exporting the embedded default model" in capsys.readouterr().out
+    from semseg.checkpoint import default_model_path, load_checkpoint
+
+    exported, shipped = load_checkpoint(out), load_checkpoint(default_model_path())
+    assert exported["model_meta"]["class_names"] == shipped["model_meta"]["class_names"]
+    assert exported["model_meta"]["tta_scales"] == shipped["model_meta"]["tta_scales"]  # its recommendation carried over
 
 
 def test_export_half_checkpoint_halves_the_file_and_predicts_the_same(zoo_checkpoint, tmp_path, capsys):

@@ -43,7 +43,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from semseg.checkpoint import load_checkpoint
+    from semseg.checkpoint import default_model_path, load_checkpoint
     from semseg.export import DEFAULT_MAX_DROP, check_export_options, export_model
     from semseg.io import check_not_an_input, check_writable_file
     from semseg.models import load_torch_model
@@ -51,8 +51,8 @@ def _run_export(args: argparse.Namespace) -> int:
     if not args.int8 and (args.max_drop is not None or args.no_gate or args.ignore_index is not None):
         raise SemsegError("--max-drop, --no-gate and --ignore-index gate an int8 export: add --int8")
     check_export_options(args.format, args.half, args.dynamic, args.int8, args.calib, args.labels, args.out)  # before the model loads
-    if args.checkpoint is None and args.model is None:
-        raise SemsegError("say what to export: --checkpoint FILE, or --model NAME --weights FILE --num-classes N")
+    if args.checkpoint is None and args.model is None and args.weights is None and args.num_classes is None:
+        print(f"exporting the embedded default model ({default_model_path()}); --checkpoint or --model names another")
     check_not_an_input(args.out, [args.checkpoint, args.weights])
     check_writable_file(args.out, "--out file")
     model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
