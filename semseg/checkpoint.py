@@ -34,12 +34,13 @@ import os
 import pickle
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from semseg.errors import SemsegError
 from semseg.io import atomic_write
+
+if TYPE_CHECKING:  # torch is imported by the functions that read and write: default_model_path needs none
+    import torch
 
 # the embedded default model: an inference checkpoint shipped in the package (README, "The default model").
 # Here, not in semseg.models: a command that finds its converted graph in the cache never imports the zoo.
@@ -50,6 +51,8 @@ CHECKPOINT_VERSION = 1
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, then rename)."""
+    import torch
+
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
     with atomic_write(path, "wb") as handle:
         torch.save(state, handle)
@@ -57,6 +60,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 
 def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True`` and one clear error per failure."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise SemsegError(f"{path}: checkpoint file not found")

@@ -31,6 +31,7 @@ from semseg.predict import (
     resize_back,
     slide_window,
     tile_grid,
+    to_chw,
     tta,
 )
 
@@ -390,6 +391,82 @@ def test_predict_cli_writes_every_readable_image_and_exits_1_for_the_corrupt_one
     assert not any(out.rglob("c.*")) and not any(out.rglob(".*.tmp"))
 
 
+NO_TORCH_SCRIPT = """
+import sys
+from semseg.cli import main
+code = main(sys.argv[1:])
+print("torch imported" if "torch" in sys.modules else "no torch")
+sys.exit(code)
+"""
+
+
+def test_an_exported_graph_predicts_without_importing_torch_and_gives_the_predictors_labels(three_images, toy_onnx_file,
+                                                                                            tmp_path):
+    (three_images / "c.png").unlink()
+    args = ["predict", str(three_images), "--onnx", str(toy_onnx_file), "--workers", "2"]
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_SCRIPT, *args, "--out", str(tmp_path / "numpy")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("no torch")
+    assert "onnxruntime fp32, no TTA" in done.stdout
+    # the same graph through the Predictor (a --blend other than the default sends it there; whole mode
+    # does not use it): the same labels, bit for bit
+    assert main([*args, "--blend", "gaussian", "--out", str(tmp_path / "torch")]) == 0
+    for stem in ("a", "b"):
+        numpy_labels = np.asarray(Image.open(tmp_path / "numpy" / "labels" / f"{stem}.png"))
+        torch_labels = np.asarray(Image.open(tmp_path / "torch" / "labels" / f"{stem}.png"))
+        np.testing.assert_array_equal(numpy_labels, torch_labels)
+        assert (tmp_path / "numpy" / "overlays" / f"{stem}.png").is_file()
+
+
+def test_the_numpy_path_hands_what_it_does_not_do_to_the_predictor(toy_onnx_file):
+    from semseg.predict.exported import GraphPredictor, runs_without_torch
+    from semseg.runtime import OnnxModel
+
+    session = OnnxModel(toy_onnx_file)
+    built = []
+
+    def full(limit=37 * 53):
+        def build():
+            built.append(Predictor(session, max_whole_pixels=limit))  # the limit both share, as in semseg predict
+            return built[-1]
+
+        return build
+
+    assert runs_without_torch(session) and not runs_without_torch(session, tta=True)
+    assert not runs_without_torch(session, size=(16, 16)) and not runs_without_torch(session, confidence=True)
+    assert not runs_without_torch(ToySeg())  # a PyTorch model
+    image = rgb(37, 53, 1)
+    small = GraphPredictor(session, full(), max_whole_pixels=37 * 53)
+    expected = Predictor(session).predict(image).labels
+    np.testing.assert_array_equal(small.predict(image).labels, expected)
+    assert not built  # whole image, labels only: no Predictor, no torch
+    assert small.predict_batch([image], confidence=True)[0].confidence is not None and len(built) == 1
+    large = GraphPredictor(session, full(100), max_whole_pixels=100)  # above the limit: slide mode, the Predictor's reason
+    assert "slide mode" in large.needs_slide(image.shape)
+    assert large.predict(image).labels.shape == (37, 53) and len(built) == 2
+
+
+def test_normalization_in_numpy_is_the_predictors_to_the_bit():
+    from semseg.predict.exported import GraphPredictor
+
+    seen = {}
+
+    class Recorder:
+        backend = "onnxruntime"
+        fixed_input_size = None
+        pretrained_cfg = ModelMeta(num_classes=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+        def run(self, images):
+            seen["x"] = images
+            return np.zeros((len(images), 3, *images.shape[2:]), np.float32)
+
+    image = np.random.default_rng(0).integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    GraphPredictor(Recorder(), lambda: None).predict(image)
+    expected = normalize(to_chw(image)[None], Recorder.pretrained_cfg.mean, Recorder.pretrained_cfg.std).numpy()
+    assert seen["x"].dtype == np.float32 and np.array_equal(seen["x"], expected)
+
+
 @pytest.mark.parametrize(
     "flags",
     [["--mode", "slide", "--crop", "16", "16", "--stride", "12", "12", "--blend", "gaussian"],
@@ -557,7 +634,7 @@ def test_a_prediction_process_does_not_import_torchvision():
     import sys
 
     code = ("import sys; from semseg.predict import Predictor, predict_files; "
-            "from semseg.predict.backends import load_for_prediction, open_exported; "
+            "from semseg.predict.backends import open_exported; from semseg.predict.loading import load_for_prediction; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'timm', 'segmentation_models_pytorch')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -17,7 +17,7 @@ from PIL import Image
 from semseg.cli import main
 from semseg.errors import SemsegError
 from semseg.predict import Predictor
-from semseg.predict import backends
+from semseg.predict import backends, conversion
 from semseg.runtime import OnnxModel
 from semseg.runtime import cache
 from test_export import PyramidToy
@@ -66,7 +66,7 @@ def test_openvino_backend_predicts_like_torch_fp32_from_the_same_graph(fresh_cac
 
 def test_the_second_predictor_for_the_same_weights_converts_nothing(fresh_cache, monkeypatch):
     Predictor(ToySeg(), backend="onnxruntime")
-    monkeypatch.setattr(backends, "export_onnx", lambda *a, **k: pytest.fail("converted again"))
+    monkeypatch.setattr(conversion, "export_onnx", lambda *a, **k: pytest.fail("converted again"))
     assert Predictor(ToySeg(), backend="onnxruntime").backend == "onnxruntime"
     other = ToySeg()
     with torch.no_grad():
@@ -86,12 +86,12 @@ def test_the_second_predictor_for_the_same_weights_converts_nothing(fresh_cache,
     ],
 )
 def test_auto_uses_a_runtime_only_where_it_is_lossless_and_fastest(fresh_cache, monkeypatch, agreement, ms, chosen):
-    monkeypatch.setattr(backends, "label_agreement", lambda model, session, inputs: agreement[session.backend])
-    monkeypatch.setattr(backends, "time_engines", lambda *a: ms)
+    monkeypatch.setattr(conversion, "label_agreement", lambda model, session, inputs: agreement[session.backend])
+    monkeypatch.setattr(conversion, "time_engines", lambda *a: ms)
     predictor = Predictor(ToySeg(), backend="auto")
     assert predictor.backend == chosen
     assert backends.auto_choice(json.loads(entries()[0].read_text())) == chosen
-    monkeypatch.setattr(backends, "time_engines", lambda *a: pytest.fail("measured again"))
+    monkeypatch.setattr(conversion, "time_engines", lambda *a: pytest.fail("measured again"))
     assert Predictor(ToySeg(), backend="auto").backend == chosen  # the measurements are cached with the graph
 
 
@@ -101,13 +101,13 @@ def test_a_runtime_installed_later_is_measured_then(fresh_cache, monkeypatch):
     assert set(json.loads(entries()[0].read_text())["ms"]) == {"torch", "onnxruntime"}
     monkeypatch.undo()
     monkeypatch.setenv("SEMSEG_CACHE_DIR", str(fresh_cache))
-    monkeypatch.setattr(backends, "export_onnx", lambda *a, **k: pytest.fail("converted again"))
+    monkeypatch.setattr(conversion, "export_onnx", lambda *a, **k: pytest.fail("converted again"))
     Predictor(ToySeg(), backend="auto")
     assert set(json.loads(entries()[0].read_text())["ms"]) == {"torch", "onnxruntime", "openvino"}
 
 
 def test_an_explicit_onnxruntime_backend_runs_even_when_lossy_and_says_so(fresh_cache, monkeypatch, caplog):
-    monkeypatch.setattr(backends, "label_agreement", lambda *a: 0.95)
+    monkeypatch.setattr(conversion, "label_agreement", lambda *a: 0.95)
     with caplog.at_level(logging.WARNING):
         assert Predictor(ToySeg(), backend="onnxruntime").backend == "onnxruntime"
     assert "onnxruntime's labels equal PyTorch fp32's on 95.000% of pixels only" in caplog.text
@@ -149,9 +149,9 @@ def test_cache_keys_follow_the_weights():
     with torch.no_grad():
         b.conv.weight[0, 0, 0, 0] += 1e-6
     assert cache.state_dict_digest(a) != cache.state_dict_digest(b)
-    assert backends.model_key(a) != backends.model_key(b)
+    assert conversion.model_key(a) != conversion.model_key(b)
     b.load_state_dict(a.state_dict())
-    assert backends.model_key(a) == backends.model_key(b)
+    assert conversion.model_key(a) == conversion.model_key(b)
 
 
 def test_file_keys_hash_the_bytes(tmp_path):
@@ -245,6 +245,15 @@ def test_predict_cli_backends_agree_and_a_cached_run_builds_no_torch_model(toy_c
     monkeypatch.setattr(factory, "load_torch_model", lambda *a: pytest.fail("built the PyTorch model"))
     assert main([*args, "--out", str(tmp_path / "again"), "--backend", "onnxruntime"]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "again" / "labels" / "a.png")), ort_labels)
+    # ... nor is torch imported at all (the cache lookup, the graph and the NumPy path need none)
+    from test_predict import NO_TORCH_SCRIPT
+
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_SCRIPT, *args, "--out", str(tmp_path / "no-torch"),
+                           "--backend", "onnxruntime"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SEMSEG_CACHE_DIR": str(fresh_cache)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("no torch")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "no-torch" / "labels" / "a.png")), ort_labels)
 
 
 def test_predict_cli_backend_errors(toy_checkpoint, tmp_path, capsys, monkeypatch):

@@ -34,7 +34,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images (whole) or tiles (slide) per forward pass (default: 1 on the CPU, 4 on a GPU)")
-    p.add_argument("--workers", type=int, default=1, help="image-decoding processes")
+    p.add_argument("--workers", type=int, default=1, help="image-decoding threads (0: decode each image when its turn comes)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--confidence", action="store_true", help="also write DIR/confidence/<name>.png (max probability)")
     p.add_argument("--probs", action="store_true", help="also write DIR/probs/<name>.npy (float32 [C, H, W])")
@@ -44,14 +44,16 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from semseg.predict import Predictor, describe_tta, predict_files, resolve_sources
-    from semseg.predict.backends import load_for_prediction, open_exported
-    from semseg.predict.files import check_label_format
+    # no torch imported up to the model: an exported or cached graph run once per image never needs it
+    from semseg.predict.backends import open_exported
+    from semseg.predict.loading import load_for_prediction
+    from semseg.predict.files import check_label_format, predict_files, resolve_sources
+    from semseg.predict.prediction import describe_tta
 
     files = resolve_sources(args.sources)
     check_label_format(args.label_format, files)  # the names before the model loads; the class count once it has
     if args.workers < 0:
-        raise SemsegError(f"--workers must be 0 or more image-decoding processes, got {args.workers}")
+        raise SemsegError(f"--workers must be 0 or more image-decoding threads, got {args.workers}")
     check_outputs(folders=[args.out])  # before the model loads
     if args.onnx is not None:
         if args.checkpoint or args.model:
@@ -60,20 +62,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     else:
         model, _ = load_for_prediction(args.checkpoint, args.model, args.weights, args.num_classes, args.backend,
                                        args.precision, args.device)
-    predictor = Predictor(
-        model,
-        mode=args.mode,
-        size=args.size,
-        crop=args.crop,
-        stride=args.stride,
-        blend=args.blend,
-        tta=args.tta,
-        scales=args.scales,
-        flip=not args.no_flip,
-        precision=args.precision,
-        device=args.device,
-        batch_size=args.batch_size,
-    )
+    predictor = _predictor(model, args)
     failed = predict_files(predictor, files, args.out, args.confidence, args.probs, args.workers, args.label_format)
     print(f"predicted {len(files) - len(failed)} of {len(files)} images into {args.out} ({args.mode} mode, "
           f"{predictor.backend} {predictor.precision}, {describe_tta(predictor, args.tta)})")
@@ -81,3 +70,24 @@ def _run_predict(args: argparse.Namespace) -> int:
         print(f"semseg: {len(failed)} image(s) could not be read: {', '.join(str(f) for f in failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _predictor(model: Any, args: argparse.Namespace) -> Any:
+    """The Predictor for ``args``, or for a graph run once per image at native size its NumPy path
+    (:mod:`semseg.predict.exported`), which builds the Predictor only for what it does not do."""
+    from semseg.predict.exported import GraphPredictor, runs_without_torch
+
+    def full() -> Any:
+        from semseg.predict import Predictor
+
+        return Predictor(model, mode=args.mode, size=args.size, crop=args.crop, stride=args.stride, blend=args.blend,
+                         tta=args.tta, scales=args.scales, flip=not args.no_flip, precision=args.precision,
+                         device=args.device, batch_size=args.batch_size)
+
+    # options only the Predictor reads (and checks); with any of them it predicts
+    predictor_options = args.crop or args.stride or args.scales or args.no_flip or args.blend != "uniform"
+    if not predictor_options and runs_without_torch(model, args.mode, args.size, args.tta, args.precision,
+                                                    args.confidence, args.probs):
+        return GraphPredictor(model, full, args.batch_size)
+    return full()
+

@@ -10,11 +10,18 @@ Public API:
 - Cityscapes tables: :func:`labelid_to_trainid`, :func:`trainid_to_labelid`.
 """
 
-from semseg.data.audit import check_dataset
-from semseg.data.datasets import DatasetInfo, SegDataset, build_dataset, class_statistics, dataset_info
-from semseg.data.formats import FORMATS, default_palette, labelid_to_trainid, trainid_to_labelid
-from semseg.data.masks import MaskDecoder, mask_decoder
-from semseg.data.transforms import eval_transform, train_transform
+from semseg.lazy import lazy_exports
+
+# imported on first use: semseg.data.formats (palettes, Cityscapes tables) is pure data, read by prediction
+# processes that the datasets and transforms (torch, torchvision) would slow by seconds
+_EXPORTS = {
+    "check_dataset": "audit",
+    **dict.fromkeys(["DatasetInfo", "SegDataset", "build_dataset", "class_statistics", "dataset_info"], "datasets"),
+    **dict.fromkeys(["FORMATS", "default_palette", "labelid_to_trainid", "trainid_to_labelid"], "formats"),
+    **dict.fromkeys(["MaskDecoder", "mask_decoder"], "masks"),
+    **dict.fromkeys(["eval_transform", "train_transform"], "transforms"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "DatasetInfo",

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta, Size, as_size
-from semseg.predict.backends import sample_frames as workflow_frames  # the shipped street frames, native size
+from semseg.predict.conversion import sample_frames as workflow_frames  # the shipped street frames, native size
 from semseg.predict.images import normalize
 from semseg.predict.predictor import Predictor
 from semseg.progress import Progress

@@ -25,12 +25,19 @@ themselves, not only the matrix: a second accumulator, updated beside the
 matrix over the same images and reported with it.
 """
 
-from semseg.metrics.boundary import BoundaryIoU
-from semseg.metrics.confusion import ConfusionMatrix
-from semseg.metrics.counting import LabelValueError
-from semseg.metrics.folders import pair_label_files, score, score_folders
-from semseg.metrics.report import check_class_names, default_class_names, format_report, report, report_json
-from semseg.metrics.scores import CLASS_KEYS, MEAN_KEYS, collapse_warning, compute_scores
+from semseg.lazy import lazy_exports
+
+# imported on first use: semseg.metrics.scores (the collapse warning) is used by processes that never import torch.
+# No module here is named like a name it exports: importing it would set the package attribute to the module.
+_EXPORTS = {
+    "BoundaryIoU": "boundary",
+    "ConfusionMatrix": "confusion",
+    "LabelValueError": "counting",
+    **dict.fromkeys(["pair_label_files", "score", "score_folders"], "folders"),
+    **dict.fromkeys(["check_class_names", "default_class_names", "format_report", "report", "report_json"], "reporting"),
+    **dict.fromkeys(["CLASS_KEYS", "MEAN_KEYS", "collapse_warning", "compute_scores"], "scores"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "BoundaryIoU",
@@ -39,6 +46,7 @@ __all__ = [
     "LabelValueError",
     "MEAN_KEYS",
     "check_class_names",
+    "collapse_warning",
     "compute_scores",
     "default_class_names",
     "format_report",

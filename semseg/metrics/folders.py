@@ -11,7 +11,7 @@ from semseg.io import list_images, read_label_map, write_text_atomic
 from semseg.metrics.boundary import BoundaryIoU
 from semseg.metrics.confusion import ConfusionMatrix
 from semseg.metrics.counting import LabelValueError
-from semseg.metrics.report import check_class_names, report, report_json
+from semseg.metrics.reporting import check_class_names, report, report_json
 from semseg.progress import Progress
 
 log = logging.getLogger(__name__)

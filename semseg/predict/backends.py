@@ -9,47 +9,42 @@
   set of weights is predicted, it is converted, each installed runtime's
   labels are compared with PyTorch fp32 on the street frames shipped in the
   package (native size, and CamVid's 360x480), and all engines are timed on a
-  360x480 frame, taking turns. A runtime is used only where its labels equal
-  PyTorch fp32's on at least :data:`LOSSLESS_AGREEMENT` of the pixels and it
-  ran fastest. The graph and these measurements are cached, keyed by the
-  weights' hash (:mod:`semseg.runtime.cache`), so later runs decide at once.
+  360x480 frame, taking turns (:mod:`semseg.predict.conversion`). A runtime is
+  used only where its labels equal PyTorch fp32's on at least
+  :data:`LOSSLESS_AGREEMENT` of the pixels and it ran fastest. The graph and
+  these measurements are cached, keyed by the weights' hash
+  (:mod:`semseg.runtime.cache`), so later runs decide at once.
   ``auto`` is ``torch`` with neither runtime installed, on a GPU, at an
   explicit precision (``fp32`` promises PyTorch's own numbers, bit for bit),
   and for models whose graph would take one size only.
+
+This module imports no torch: a run that finds its weights' graph in the cache,
+or is given an exported one, opens it here and predicts without PyTorch
+(:mod:`semseg.predict.exported`); converting lives in
+:mod:`semseg.predict.conversion`, and :mod:`semseg.predict.loading` imports it
+only when a PyTorch model is needed.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.util
-import logging
 import os
-import statistics
-import time
-from importlib import resources
+import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
-from torch import nn
-
-from semseg.checkpoint import default_model_path
 from semseg.errors import SemsegError
-from semseg.io import list_images, read_image
-from semseg.meta import ModelMeta
-from semseg.predict.images import normalize, to_chw
-from semseg.runtime.cache import cache_key, entry_paths, file_digest, read_entry, state_dict_digest, write_record
-from semseg.runtime.convert import CONVERTER_VERSION, export_onnx, fixed_size_only
+from semseg.runtime.cache import CONVERTER_VERSION, cache_key, file_digest, read_entry
 from semseg.runtime.onnx import OnnxModel
-from semseg.runtime.precision import autocast, resolve_device, resolve_precision
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 RUNTIMES = ("onnxruntime", "openvino")  # the backends that run the converted graph
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}  # pip install 'semseg[<extra>]' installs each
 LOSSLESS_AGREEMENT = 0.999  # labels equal to PyTorch fp32 on this fraction of pixels
-TIMING_SIZE = (360, 480)  # CamVid's frame size: where the engines are timed against each other
-log = logging.getLogger(__name__)
+# device files of the accelerators PyTorch can run on (NVIDIA, AMD ROCm, WSL's GPU): where none exists,
+# device "auto" is the CPU, known without importing torch
+GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
 
 
 def runtime_available(runtime: str) -> bool:
@@ -100,57 +95,9 @@ def auto_choice(record: dict[str, Any]) -> str:
     return min(times, key=times.get)
 
 
-def sample_frames() -> list[np.ndarray]:
-    """The street frames shipped in the package (validation and test), uint8 ``[H, W, 3]`` at their native size."""
-    demo = Path(str(resources.files("semseg"))) / "assets" / "demo"
-    return [read_image(path) for split in ("val", "test") for path in list_images(demo / split)]
-
-
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise SemsegError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-
-
-def resolve_backend(
-    model: Any, backend: str = "auto", precision: str = "auto", device: str = "auto", key: str | None = None
-) -> tuple[Any, str]:
-    """``(what to run, its backend's name)`` for ``model`` on ``backend``.
-
-    ``model``: a PyTorch model, or an exported session (which runs as it is). ``key``: the cache key of the model's weights (default:
-    the hash of its state dict). Converting, checking and timing happen once per
-    key; see the module's docstring for what ``auto`` decides.
-    """
-    check_backend(backend)
-    if not isinstance(model, nn.Module):
-        if backend == "torch":
-            raise SemsegError("an exported ONNX model runs in its runtime; backend torch needs a PyTorch model")
-        return model, getattr(model, "backend", "onnxruntime")
-    if backend == "torch":
-        return model, "torch"
-    reason = fixed_size_only(model)
-    if backend in RUNTIMES:
-        require_runtime(backend)
-        if reason:
-            raise SemsegError(f"backend {backend} runs graphs of any size, and this model has none: {reason}; "
-                              "export it with semseg export --fixed and predict with --onnx")
-    elif not available_runtimes() or precision != "auto" or resolve_device(device).type != "cpu" or reason:
-        return model, "torch"
-    record = onnx_conversion(model, key or model_key(model), precision)
-    if backend in RUNTIMES:
-        if record["agreement"][backend] < LOSSLESS_AGREEMENT:
-            log.warning("%s's labels equal PyTorch fp32's on %.3f%% of pixels only (auto would not use it)",
-                        backend, 100 * record["agreement"][backend])
-        return open_session(backend, record["path"]), backend
-    choice = auto_choice(record)
-    if choice == "torch":
-        return model, "torch"
-    return open_session(choice, record["path"]), choice
-
-
-def model_key(model: nn.Module) -> str:
-    """The cache key of a PyTorch model: the hash of its state dict, its name and metadata."""
-    meta = ModelMeta.of(model).to_dict()
-    return cache_key(["onnx", CONVERTER_VERSION, state_dict_digest(model), getattr(model, "model_name", None), meta])
 
 
 def file_key(path: str | os.PathLike, model_name: str | None = None, num_classes: int | None = None) -> str:
@@ -167,7 +114,7 @@ def cached_choice(key: str, backend: str, precision: str = "auto", device: str =
     check_backend(backend)
     if backend == "torch" or not available_runtimes():
         return None
-    if backend == "auto" and (precision != "auto" or resolve_device(device).type != "cpu"):
+    if backend == "auto" and (precision != "auto" or not runs_on_cpu(device)):
         return None
     record = read_entry(key)
     if record is None or "ms" not in record or set(available_runtimes()) - set(record["ms"]):
@@ -178,110 +125,12 @@ def cached_choice(key: str, backend: str, precision: str = "auto", device: str =
     return None if choice == "torch" else (open_session(choice, record["path"]), choice)
 
 
-def onnx_conversion(model: nn.Module, key: str, precision: str = "auto") -> dict[str, Any]:
-    """The cache record of ``model`` converted to an ONNX graph under ``key``: converted, checked and timed if new.
+def runs_on_cpu(device: str) -> bool:
+    """Whether ``device`` (``auto``, ``cpu``, ``cuda``, ...) means the CPU here; imports torch only where a GPU may be."""
+    if device == "cpu":
+        return True
+    if device == "auto" and "torch" not in sys.modules and not any(glob.glob(pattern) for pattern in GPU_DEVICE_FILES):
+        return True
+    from semseg.runtime.precision import resolve_device
 
-    The record holds ``agreement`` (per installed runtime: the fraction of
-    pixels whose label equals PyTorch fp32's), ``ms`` (median milliseconds per
-    360x480 frame: ``torch`` and each runtime) and ``path`` (the graph). A record
-    measured before a runtime was installed is measured again (the graph is kept).
-    """
-    runtimes = available_runtimes()
-    record = read_entry(key)
-    if record is not None and "ms" in record and not set(runtimes) - set(record["ms"]):
-        return record
-    name = getattr(model, "model_name", None) or type(model).__name__
-    graph, _ = entry_paths(key)
-    if record is None:
-        log.info("converting %s to an ONNX graph for %s (once for these weights; cached by their hash)",
-                 name, " and ".join(runtimes))
-        export_onnx(model, graph, TIMING_SIZE, dynamic=True)
-    sessions = {runtime: open_session(runtime, graph) for runtime in runtimes}
-    meta = ModelMeta.of(model)
-    frames = sample_frames()
-    frames.append(np.asarray(Image.fromarray(frames[0]).resize(TIMING_SIZE[::-1], Image.BILINEAR)))
-    inputs = [normalize(to_chw(frame)[None], meta.mean, meta.std) for frame in frames]
-    agreement = {runtime: label_agreement(model, session, inputs) for runtime, session in sessions.items()}
-    timings = time_engines(model, sessions, inputs[-1], precision)
-    values = {"model_name": name, "agreement": agreement, "ms": timings}
-    record = write_record(key, values)
-    log.info("%s: labels equal to PyTorch fp32 on %s of pixels; ms per 360x480 frame: %s; auto uses %s", name,
-             ", ".join(f"{100 * a:.3f}% ({r})" for r, a in agreement.items()),
-             ", ".join(f"{ms:.1f} ({r})" for r, ms in timings.items()), auto_choice(record))
-    return record
-
-
-def label_agreement(model: nn.Module, session: Callable, inputs: list[torch.Tensor]) -> float:
-    """Fraction of pixels where ``session``'s argmax equals ``model``'s in fp32 (default memory layout), whole images."""
-    model = model.eval().cpu().to(memory_format=torch.contiguous_format)
-    same = pixels = 0
-    with torch.inference_mode():
-        for x in inputs:
-            same += int((session(x).argmax(1) == model(x).argmax(1)).sum())
-            pixels += x.shape[0] * x.shape[2] * x.shape[3]
-    return same / pixels
-
-
-def time_engines(
-    model: nn.Module, sessions: dict[str, Callable], image: torch.Tensor, precision: str = "auto", repeats: int = 3
-) -> dict[str, float]:
-    """Median milliseconds per call of PyTorch (as the Predictor runs it) and of each of ``sessions`` on ``image``.
-
-    One warm-up call each, then ``repeats`` rounds in which every engine runs
-    once in turn, so that the load of a shared machine falls on all alike.
-    """
-    device = torch.device("cpu")
-    precision = resolve_precision(precision, device)
-    layout = torch.contiguous_format if precision == "fp32" else torch.channels_last
-    model = model.eval().cpu().to(memory_format=layout)
-    torch_input = image.contiguous(memory_format=layout)
-
-    def run_torch() -> None:
-        with torch.inference_mode(), autocast(precision, device):
-            model(torch_input)
-
-    runs: dict[str, Callable[[], Any]] = {"torch": run_torch}
-    for name, session in sessions.items():
-        runs[name] = lambda session=session: session(image)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():
-        run()
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(1000 * (time.perf_counter() - start))
-    model.to(memory_format=torch.contiguous_format)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def load_for_prediction(
-    checkpoint: str | os.PathLike | None = None,
-    model_name: str | None = None,
-    weights: str | os.PathLike | None = None,
-    num_classes: int | None = None,
-    backend: str = "auto",
-    precision: str = "auto",
-    device: str = "auto",
-) -> tuple[Any, str]:
-    """``(what to run, backend)`` for the model a command names (see :func:`semseg.models.load_torch_model`).
-
-    The cache key is the hash of the file the weights come from, so a run that
-    finds an earlier conversion of them (and, for ``auto``, its verdict for ONNX
-    Runtime) never builds the PyTorch model nor imports the model zoo.
-    """
-    check_backend(backend)
-    source = checkpoint if checkpoint is not None else weights
-    if source is None and model_name is None and weights is None and num_classes is None:
-        source = default_model_path()
-    key = None
-    if backend != "torch" and source is not None and Path(source).is_file():
-        key = file_key(source, model_name, num_classes)
-        cached = cached_choice(key, backend, precision, device)
-        if cached is not None:
-            return cached
-    # imported here: the zoo (torchvision, smp, timm) takes seconds to import, and a cached graph never needs it
-    from semseg.models.factory import load_torch_model
-
-    model = load_torch_model(checkpoint, model_name, weights, num_classes)
-    return resolve_backend(model, backend, precision, device, key=key)
+    return resolve_device(device).type == "cpu"

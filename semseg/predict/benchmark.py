@@ -36,9 +36,8 @@ from semseg.io import read_image, read_label_map, write_text_atomic
 from semseg.meta import ModelMeta, check_ignore_index
 from semseg.metrics.confusion import ConfusionMatrix
 from semseg.metrics.counting import LabelValueError
-from semseg.predict.backends import (
-    LOSSLESS_AGREEMENT, auto_choice, available_runtimes, file_key, model_key, onnx_conversion, open_session,
-)
+from semseg.predict.backends import LOSSLESS_AGREEMENT, auto_choice, available_runtimes, file_key, open_session
+from semseg.predict.conversion import model_key, onnx_conversion
 from semseg.predict.files import resolve_sources
 from semseg.predict.predictor import Predictor
 from semseg.progress import Progress

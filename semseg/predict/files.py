@@ -1,24 +1,26 @@
 """Predicting files: sources (files, folders, globs) in, label PNGs, overlays and probability maps out.
 
-Images are decoded in DataLoader workers; one unreadable file (corrupt,
-truncated, too large, not an image) is one warning naming it and one skipped
-file, the rest are predicted. The output folder is checked before any work,
+Images are decoded ahead in threads (:func:`decode_ahead`); one unreadable file
+(corrupt, truncated, too large, not an image) is one warning naming it and one
+skipped file, the rest are predicted. The output folder is checked before any work,
 locked for the run (a second command writing there is refused) and every
 output is written atomically.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import glob
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
-import torch
 
+from semseg.data.formats import trainid_to_labelid
 from semseg.errors import SemsegError
 from semseg.io import (
     IMAGE_EXTENSIONS,
@@ -31,16 +33,20 @@ from semseg.io import (
     write_image_png,
     write_label_png,
 )
-from semseg.metrics import collapse_warning
-from semseg.predict.predictor import Prediction, Predictor
+from semseg.metrics.scores import collapse_warning
+from semseg.predict.prediction import Prediction
 from semseg.progress import Progress
 from semseg.reports.viz import legend, overlay
 
+if TYPE_CHECKING:  # this module imports no torch: it also serves semseg.predict.exported's torch-free path
+    from semseg.predict.exported import GraphPredictor
+    from semseg.predict.predictor import Predictor
+
 log = logging.getLogger(__name__)
 
-# images above this many pixels are decoded in the main process, not in a worker: a worker's
-# decoded image reaches the main process pickled, which costs two more copies of it
-DECODE_IN_MAIN_PIXELS = 1 << 24
+# images above this many pixels are not decoded ahead: each is decoded when its turn comes, so that
+# no more than one of them is held at a time
+DECODE_AHEAD_PIXELS = 1 << 24
 OUTPUT_FOLDERS = ("labels", "overlays", "confidence", "probs")
 
 
@@ -71,32 +77,39 @@ def resolve_sources(sources: Sequence[str]) -> list[Path]:
     return files
 
 
-class ImageFiles(torch.utils.data.Dataset):
-    """Decodes images (in DataLoader workers); a file that cannot be read gives its error instead.
+def decode_ahead(paths: Sequence[Path], workers: int) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """``(index, rgb, error)`` for every path in order: the decoded image, or the reason it could not be read.
 
-    ``[i]`` -> ``(i, rgb or None, error or None)``; ``rgb`` is None without an
-    error for a file too large to pass between processes cheaply: the caller decodes it.
+    ``workers`` threads decode up to ``2 * workers`` images ahead of the caller
+    (0: each when its turn comes). Threads, not processes: PIL decodes with the
+    GIL released, and a decoded image reaches the caller without a copy.
     """
 
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+    def decode(index: int, ahead: bool) -> tuple[int, np.ndarray | None, str | None]:
         try:
-            if torch.utils.data.get_worker_info() is not None:
-                height, width = image_size(self.paths[index])
-                if height * width > DECODE_IN_MAIN_PIXELS:
-                    return index, None, None
-            return index, read_image(self.paths[index]), None
+            if ahead:
+                height, width = image_size(paths[index])
+                if height * width > DECODE_AHEAD_PIXELS:
+                    return index, None, None  # decoded below, when its turn comes
+            return index, read_image(paths[index]), None
         except SemsegError as exc:
             return index, None, str(exc)
 
+    def in_turn(result: tuple[int, np.ndarray | None, str | None]) -> tuple[int, np.ndarray | None, str | None]:
+        index, rgb, error = result
+        return decode(index, ahead=False) if rgb is None and error is None else result
 
-def _keep(item: Any) -> Any:
-    return item
+    if workers == 0:
+        yield from (decode(index, ahead=False) for index in range(len(paths)))
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="semseg-decode") as pool:
+        pending: collections.deque = collections.deque()
+        for index in range(len(paths)):
+            pending.append(pool.submit(decode, index, True))
+            if len(pending) > 2 * workers:
+                yield in_turn(pending.popleft().result())
+        while pending:
+            yield in_turn(pending.popleft().result())
 
 
 # How label PNGs are written: semseg's (class ids as palette indices) or the Cityscapes benchmark's
@@ -131,10 +144,6 @@ def write_outputs(out_dir: Path, stem: str, rgb: np.ndarray, prediction: Predict
     """``labels/<stem>.png`` (palette PNG, indices = ids; ``cityscapes``: 8-bit labelIds), ``overlays/``,
     and ``confidence/`` when computed."""
     if label_format == "cityscapes":
-        # imported here: semseg.data pulls in torchvision (its datasets and transforms), seconds of start-up
-        # that a prediction process without --format cityscapes never needs
-        from semseg.data.formats import trainid_to_labelid
-
         write_label_png(out_dir / "labels" / f"{stem}.png", trainid_to_labelid(prediction.labels))
     else:
         write_label_png(out_dir / "labels" / f"{stem}.png", prediction.labels, palette)
@@ -144,7 +153,7 @@ def write_outputs(out_dir: Path, stem: str, rgb: np.ndarray, prediction: Predict
 
 
 def predict_files(
-    predictor: Predictor,
+    predictor: Predictor | GraphPredictor,
     files: Sequence[Path],
     out_dir: str | os.PathLike,
     confidence: bool = False,
@@ -160,7 +169,7 @@ def predict_files(
     ``out_dir`` is locked while the files are predicted (SemsegError when another command holds it).
     """
     if not isinstance(workers, int) or workers < 0:
-        raise SemsegError(f"workers must be 0 or more image-decoding processes, got {workers!r}")
+        raise SemsegError(f"workers must be 0 or more image-decoding threads, got {workers!r}")
     out_dir = Path(out_dir)
     check_label_format(label_format, files, predictor.meta.num_classes)
     with folder_lock(out_dir, "output folder"):
@@ -170,12 +179,9 @@ def predict_files(
 
 
 def _predict_locked(
-    predictor: Predictor, files: Sequence[Path], out_dir: Path, confidence: bool, probs: bool, workers: int,
+    predictor: Predictor | GraphPredictor, files: Sequence[Path], out_dir: Path, confidence: bool, probs: bool, workers: int,
     label_format: str,
 ) -> list[Path]:
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(files), batch_size=None, collate_fn=_keep, num_workers=min(workers, max(len(files) - 1, 0))
-    )
     failed: list[Path] = []
     pending: list[tuple[Path, np.ndarray]] = []
     # the key of overlays/: every class's colour and name, in one picture beside them (overlays stay pixel-aligned)
@@ -186,12 +192,7 @@ def _predict_locked(
     # probabilities go one image at a time, straight into their .npy memory map
     batch_size = 1 if probs else predictor.batch_size
     with Progress(len(files), "predict", unit="img", logger=log) as bar:
-        for index, rgb, error in loader:
-            if rgb is None and error is None:
-                try:
-                    rgb = read_image(files[index])
-                except SemsegError as exc:
-                    error = str(exc)
+        for index, rgb, error in decode_ahead(files, min(workers, max(len(files) - 1, 0))):
             if error is not None:
                 log.warning("skipped %s", error)
                 failed.append(files[index])
@@ -211,7 +212,7 @@ def _predict_locked(
 
 
 def _predict_pending(
-    predictor: Predictor,
+    predictor: Predictor | GraphPredictor,
     pending: list[tuple[Path, np.ndarray]],
     out_dir: Path,
     confidence: bool,

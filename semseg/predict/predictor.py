@@ -33,7 +33,6 @@ computes bf16 natively, bf16 autocast.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -45,27 +44,16 @@ from semseg.meta import ModelMeta, check_tta_scales
 from semseg.predict.functional import (
     DEFAULT_TTA_SCALES, ModelFn, Size, as_size, predict_whole, resize_back, resize_images, run_padded, tta,
 )
-from semseg.predict.backends import resolve_backend
+from semseg.predict.conversion import resolve_backend
 from semseg.predict.images import ImageLike, load_rgb, normalize, to_chw
+from semseg.predict.prediction import WHOLE_MAX_PIXELS, Prediction
 from semseg.predict.tiling import BLENDS, check_window, slide_window, slide_window_bands
 from semseg.reports.viz import generate_palette
 from semseg.runtime.precision import autocast, resolve_device, resolve_precision
 
 MODES = ("whole", "slide")
-# the most pixels whole-image prediction (whole mode, size, TTA) handles, in the image and in the model's
-# input; larger images go through slide mode's bands (docs/safety.md gives the memory this bounds)
-WHOLE_MAX_PIXELS = 1 << 23
 # tiles of that automatic slide mode when the predictor has none (--crop) and the model names no input size
 AUTO_SLIDE_CROP = (512, 512)
-
-
-@dataclass
-class Prediction:
-    """One image's results at its original size."""
-
-    labels: np.ndarray  # [H, W] class ids (uint8 up to 256 classes, else int32)
-    confidence: np.ndarray | None = None  # [H, W] float32 max softmax probability
-    probs: np.ndarray | None = None  # [C, H, W] float32 softmax probabilities
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -357,11 +345,3 @@ class _Sink:
 
     def result(self) -> Prediction:
         return Prediction(self.labels, self.confidence, self.probs)
-
-
-def describe_tta(predictor: Predictor, asked: bool | None) -> str:
-    """How the images were predicted, and why: "no TTA", or the scales and whose choice they were."""
-    if not predictor.tta:
-        return "no TTA"
-    views = ", ".join(f"{s:g}" for s in predictor.scales) + (" + flip" if predictor.flip else "")
-    return f"TTA at scales {views}" + (" (the model's recommendation; --no-tta to turn it off)" if asked is None else "")

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from semseg.data.formats import default_palette
 from semseg.errors import SemsegError
 
 Palette = Sequence[Sequence[int]]
@@ -22,10 +23,6 @@ def generate_palette(n: int) -> list[list[int]]:
     """``n`` distinct RGB colours (Pascal VOC's colour map: the first 21 are VOC's class colours)."""
     if n < 0:
         raise SemsegError(f"a palette needs a non-negative number of colours, got {n}")
-    # imported here: the semseg.data package imports torchvision (seconds), which a prediction process
-    # drawing overlays does not otherwise need
-    from semseg.data.formats import default_palette
-
     return default_palette(n)
 
 

@@ -12,12 +12,15 @@ converted graphs keyed by the weights' hash.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from torch import Tensor
+import numpy as np
 
 from semseg.meta import ModelMeta
 from semseg.runtime.onnx import OnnxModel
+
+if TYPE_CHECKING:  # a session runs without torch (semseg.predict.exported); only its tensor interface needs it
+    from torch import Tensor
 
 
 class Session(Protocol):
@@ -29,6 +32,10 @@ class Session(Protocol):
 
     def __call__(self, images: Tensor) -> Tensor:
         """Normalized ``float[N,3,h,w]`` (any device) -> logits ``float[N,C,h,w]`` on the CPU."""
+        ...
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """The same in NumPy: normalized ``float32[N,3,h,w]`` -> logits ``float32[N,C,h,w]``."""
         ...
 
 

@@ -6,8 +6,7 @@ An entry is two files in :func:`cache_dir` (``$SEMSEG_CACHE_DIR``, else
 conversion measured: agreement with PyTorch fp32, timings, the choice made).
 The key hashes the weights (a file's bytes, or a model's state dict) together
 with everything else that shapes the graph: the model's name and metadata, and
-the versions of torch and of semseg's converter (``CONVERTER_VERSION`` in
-:mod:`semseg.runtime.convert`).
+the versions of torch and of semseg's converter (:data:`CONVERTER_VERSION`).
 
 Both files are written atomically (a temporary file, then a rename), the graph
 before its record, and a reader trusts a graph only once its record exists. So
@@ -19,20 +18,23 @@ graph; a killed run leaves no record and the next one converts again.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Iterable
 
 from semseg.errors import SemsegError
 from semseg.io import write_text_atomic
 
+if TYPE_CHECKING:  # looking an entry up needs no torch: a process that runs a cached graph never imports it
+    from torch import nn
+
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+# part of every key: raise it when a change in semseg.runtime.convert changes the graphs it writes
+CONVERTER_VERSION = 1
 
 
 def cache_dir() -> Path:
@@ -54,6 +56,8 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def state_dict_digest(model: nn.Module) -> str:
     """SHA-256 of a model's weights and buffers: names, dtypes, shapes and values, in state-dict order."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
@@ -64,7 +68,8 @@ def state_dict_digest(model: nn.Module) -> str:
 
 def cache_key(parts: Iterable[Any]) -> str:
     """A key (48 hex digits) for ``parts`` (digests, names, settings) and the torch version that converts them."""
-    text = json.dumps([torch.__version__, *parts], sort_keys=True, default=str)
+    # the installed torch distribution's version, read from its metadata without importing torch
+    text = json.dumps([importlib.metadata.version("torch"), *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:48]
 
 

@@ -31,9 +31,6 @@ from torch import Tensor, nn
 from semseg.errors import SemsegError
 from semseg.io import write_bytes_atomic
 from semseg.meta import ModelMeta, Size, as_size
-
-# part of the key of cached conversions (semseg.runtime.cache): raise it when a change here changes the graphs
-CONVERTER_VERSION = 1
 DEFAULT_EXPORT_SIZE = (512, 512)
 # Zoo models that cannot be exported, with the reason. Empty: every curated model
 # exports and passes the parity check (tests/test_export.py checks them all).

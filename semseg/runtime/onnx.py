@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta
+
+if TYPE_CHECKING:  # torch is imported where a tensor is given: a process predicting through NumPy never imports it
+    from torch import Tensor
 
 
 def read_onnx_metadata(props: dict[str, str]) -> dict[str, Any]:
@@ -80,12 +81,18 @@ class OnnxModel:
             self._check_classes(out_shape[1])
 
     def __call__(self, images: Tensor) -> Tensor:
-        inputs = np.ascontiguousarray(images.detach().cpu().float().numpy())
+        import torch
+
+        return torch.from_numpy(self.run(images.detach().cpu().float().numpy()))
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Normalized ``float32[N,3,h,w]`` -> logits ``float32[N,C,h,w]``, in NumPy."""
+        inputs = np.ascontiguousarray(images, dtype=np.float32)
         step = self.fixed_batch or len(inputs)
         outputs = [self.session.run(None, {self.input_name: inputs[i : i + step]})[0] for i in range(0, len(inputs), step)]
         logits = np.concatenate(outputs)
         self._check_classes(logits.shape[1])
-        return torch.from_numpy(logits)
+        return logits
 
     def _check_classes(self, channels: int) -> None:
         if self._meta_classes is not None and channels != self._meta_classes:

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta
 from semseg.runtime.onnx import read_onnx_metadata
+
+if TYPE_CHECKING:  # torch is imported where a tensor is given: a process predicting through NumPy never imports it
+    from torch import Tensor
 
 
 class OpenVinoModel:
@@ -62,6 +64,11 @@ class OpenVinoModel:
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, images: Tensor) -> Tensor:
-        inputs = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        self.request.infer({0: inputs})
-        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        import torch
+
+        return torch.from_numpy(self.run(images.detach().cpu().float().numpy()))
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Normalized ``float32[N,3,h,w]`` -> logits ``float32[N,C,h,w]``, in NumPy."""
+        self.request.infer({0: np.ascontiguousarray(images, dtype=np.float32)})
+        return self.request.get_output_tensor(0).data.copy()
