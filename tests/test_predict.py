@@ -419,6 +419,17 @@ def test_an_exported_graph_predicts_without_importing_torch_and_gives_the_predic
         assert (tmp_path / "numpy" / "overlays" / f"{stem}.png").is_file()
 
 
+def test_decoding_ahead_keeps_the_order_and_names_bad_files(three_images):
+    from semseg.predict.files import decode_ahead
+
+    paths = sorted(three_images.iterdir())  # a.png, b.jpg, c.png (truncated)
+    for workers in (0, 1, 2):
+        results = list(decode_ahead(paths, workers))
+        assert [index for index, _, _ in results] == [0, 1, 2]
+        assert results[0][1].shape == (37, 53, 3) and results[1][1].shape == (20, 31, 3)
+        assert results[2][1] is None and "c.png" in results[2][2]
+
+
 def test_the_numpy_path_hands_what_it_does_not_do_to_the_predictor(toy_onnx_file):
     from semseg.predict.exported import GraphPredictor, runs_without_torch
     from semseg.runtime import OnnxModel
