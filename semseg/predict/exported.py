@@ -20,9 +20,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from semseg.errors import SemsegError
-from semseg.predict.prediction import WHOLE_MAX_PIXELS, Prediction
-from semseg.reports.viz import generate_palette
+from semseg.predict.prediction import (
+    WHOLE_MAX_PIXELS, Prediction, check_batch_size, check_mean_std, output_palette, tta_on,
+)
 
 
 def runs_without_torch(
@@ -34,13 +34,12 @@ def runs_without_torch(
     ``session``: an exported graph (:class:`semseg.runtime.Session`); ``tta`` None means
     the model's recommendation, which turns TTA on where its metadata names scales.
     """
-    recommended = getattr(getattr(session, "pretrained_cfg", None), "tta_scales", None)
     return (
         callable(getattr(session, "run", None))
         and getattr(session, "fixed_input_size", ()) is None  # a graph of any size: no tiles, no padding
         and mode == "whole"
         and size is None
-        and (tta is False or (tta is None and recommended is None))
+        and not tta_on(tta, session)
         and precision in ("auto", "fp32")
         and not confidence
         and not probs
@@ -66,14 +65,11 @@ class GraphPredictor:
         self.session = session
         self.meta = session.pretrained_cfg
         self.backend = session.backend
-        self.palette = self.meta.palette or generate_palette(self.meta.num_classes or 256)
-        mean, std = list(self.meta.mean), list(self.meta.std)
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise SemsegError(f"mean and std need 3 values each (std > 0), got mean={mean} std={std}")
-        self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-        if batch_size is not None and batch_size < 1:
-            raise SemsegError(f"batch size must be at least 1, got {batch_size}")
+        self.palette = output_palette(self.meta)
+        check_mean_std(self.meta.mean, self.meta.std)
+        self.mean = np.asarray(self.meta.mean, np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(self.meta.std, np.float32).reshape(1, 3, 1, 1)
+        check_batch_size(batch_size)
         self.batch_size = batch_size or 1  # one frame per call on the CPU, as the Predictor's default
         self.max_whole_pixels = max_whole_pixels
         self._full_predictor = full_predictor

@@ -8,13 +8,41 @@ Torch-free: shared by :class:`~semseg.predict.Predictor` and the NumPy path of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+
+from semseg.errors import SemsegError
+from semseg.meta import ModelMeta
+from semseg.reports.viz import generate_palette
 
 # the most pixels whole-image prediction (whole mode, size, TTA) handles, in the image and in the model's
 # input; larger images go through slide mode's bands (docs/safety.md gives the memory this bounds)
 WHOLE_MAX_PIXELS = 1 << 23
+
+
+def output_palette(meta: ModelMeta) -> list[list[int]]:
+    """The colours of label PNGs and overlays: the model's palette, else one for every id a label map can hold."""
+    return meta.palette or generate_palette(meta.num_classes or 256)
+
+
+def check_mean_std(mean: Sequence[float], std: Sequence[float]) -> None:
+    """SemsegError unless ``mean`` and ``std`` are 3 values each, ``std`` positive."""
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise SemsegError(f"mean and std need 3 values each (std > 0), got mean={list(mean)} std={list(std)}")
+
+
+def check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise SemsegError(f"batch size must be at least 1, got {batch_size}")
+
+
+def tta_on(tta: bool | None, model: Any) -> bool:
+    """Whether TTA runs: as asked, or (``tta`` None) as the model's metadata recommends, where its graph
+    can take other sizes."""
+    if tta is not None:
+        return tta
+    return ModelMeta.of(model).tta_scales is not None and getattr(model, "fixed_input_size", None) is None
 
 
 @dataclass

@@ -46,9 +46,10 @@ from semseg.predict.functional import (
 )
 from semseg.predict.conversion import resolve_backend
 from semseg.predict.images import ImageLike, load_rgb, normalize, to_chw
-from semseg.predict.prediction import WHOLE_MAX_PIXELS, Prediction
+from semseg.predict.prediction import (
+    WHOLE_MAX_PIXELS, Prediction, check_batch_size, check_mean_std, output_palette, tta_on,
+)
 from semseg.predict.tiling import BLENDS, check_window, slide_window, slide_window_bands
-from semseg.reports.viz import generate_palette
 from semseg.runtime.precision import autocast, resolve_device, resolve_precision
 
 MODES = ("whole", "slide")
@@ -110,25 +111,22 @@ class Predictor:
             self.backend = "torch" if isinstance(model, nn.Module) else getattr(model, "backend", "onnxruntime")
         self.meta = ModelMeta.of(model)
         # without a known class count, colour every id a uint8 label map can hold
-        self.palette = self.meta.palette or generate_palette(self.meta.num_classes or 256)
+        self.palette = output_palette(self.meta)
         self.mean = list(mean if mean is not None else self.meta.mean)
         self.std = list(std if std is not None else self.meta.std)
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise SemsegError(f"mean and std need 3 values each (std > 0), got mean={self.mean} std={self.std}")
+        check_mean_std(self.mean, self.std)
         if mode not in MODES:
             raise SemsegError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         if blend not in BLENDS:
             raise SemsegError(f"unknown blend {blend!r}; use one of {', '.join(BLENDS)}")
-        if batch_size is not None and batch_size < 1:
-            raise SemsegError(f"batch size must be at least 1, got {batch_size}")
+        check_batch_size(batch_size)
         if max_whole_pixels < 1:
             raise SemsegError(f"max_whole_pixels must be at least 1, got {max_whole_pixels}")
         self.max_whole_pixels = max_whole_pixels
         self.mode, self.blend = mode, blend
         self.size = as_size(size, "size")
         recommended = self.meta.tta_scales
-        if tta is None:  # the model's recommendation, where its graph can take other sizes
-            tta = recommended is not None and getattr(model, "fixed_input_size", None) is None
+        tta = tta_on(tta, model)
         scales = scales if scales is not None else (recommended or DEFAULT_TTA_SCALES)
         self.tta, self.scales, self.flip = tta, tuple(float(s) for s in scales), flip
         if tta:
