@@ -211,6 +211,18 @@ def test_fp32_reproduces_the_plain_recipe_exactly(tmp_path):
     np.testing.assert_array_equal(predictor(Image.open(path)), want)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("settings", [{"mode": "whole"}, {"mode": "whole", "tta": True, "scales": (0.5, 1.0)},
+                                      {"mode": "slide", "crop": (16, 16), "stride": (11, 9)}])
+def test_a_cuda_predictor_gives_the_cpu_labels(settings):
+    # normalization, TTA and tiling create constants of their own: each must land on the model's device
+    model = ToySeg().eval()
+    image = rgb(37, 53, seed=5)
+    on_cpu = Predictor(model, device="cpu", precision="fp32", **settings).predict(image, probs=True)
+    on_gpu = Predictor(model, device="cuda", precision="fp32", **settings).predict(image, probs=True)
+    np.testing.assert_allclose(on_gpu.probs, on_cpu.probs, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "settings",
     [

@@ -51,6 +51,7 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
     exported graph needs nothing else from it.
     """
     scaled = images.to(torch.float32).div(255)
+    # the constants on the images' device: a GPU Predictor normalizes on the GPU
+    constant = {"dtype": torch.float32, "device": scaled.device}
     shape = (3, 1, 1)
-    return scaled.sub_(torch.as_tensor(mean, dtype=torch.float32).view(shape)).div_(
-        torch.as_tensor(std, dtype=torch.float32).view(shape))
+    return scaled.sub_(torch.as_tensor(mean, **constant).view(shape)).div_(torch.as_tensor(std, **constant).view(shape))
