@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="lraspp_mobilenet_v3_large")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--crop", type=int, nargs=2, default=[288, 384])
+    parser.add_argument("--crop", type=int, nargs=2, default=[360, 480], help="the recipe's crop (configs/camvid.yaml)")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per variant, after the warm-up")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps (compilation happens here)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
