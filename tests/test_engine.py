@@ -187,6 +187,30 @@ def test_bn_momentum_applies_to_every_batchnorm():
     assert momenta == {0.1}  # torchvision's MobileNetV3 builds them with 0.01
 
 
+def test_the_ema_warms_up_its_decay_and_forgets_the_initial_weights():
+    from semseg.engine.setup import build_ema
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = build_ema(model, decay=0.999)
+    weights = [3.0] + [float(step % 7) for step in range(1, 2370)]  # the first update copies; then 2369 averages
+    expected = None
+    for update, value in enumerate(weights):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update_parameters(model)
+        # the reference: a copy, then decay (1 + n) / (10 + n) capped at 0.999 for the n-th average
+        decay = min(0.999, (1 + update - 1) / (10 + update - 1)) if update else None
+        expected = value if expected is None else decay * expected + (1 - decay) * value
+    assert ema.module.weight.item() == pytest.approx(expected, rel=1e-5)
+    # the first weights' share of the average after 2370 updates: with torch's fixed decay 0.999 it is 9%
+    fresh = build_ema(model, decay=0.999)
+    for value in [1.0] + [0.0] * 2369:
+        with torch.no_grad():
+            model.weight.fill_(value)
+        fresh.update_parameters(model)
+    assert 0 <= fresh.module.weight.item() < 1e-6
+
+
 def test_freeze_then_unfreeze_encoder(tiny_camvid, tmp_path):
     run = tmp_path / "run"
     assert _train(run, tiny_camvid, "train.epochs=2", "train.freeze_encoder_epochs=1", "train.val_every=2") == 0
