@@ -30,6 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 STEPS_288 = 2370
 STEPS_360 = round(STEPS_288 / 1.6)
 # each variant names its crop size: configs/camvid.yaml moved from 288x384 to 360x480 crops after this sweep
@@ -84,8 +86,7 @@ def summarize(out: Path) -> dict[str, dict]:
         if not metrics.is_file():
             continue
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        config = (out / log.stem / "config.yaml").read_text()
-        epochs = int(next(line.split(":")[1] for line in config.splitlines() if line.strip().startswith("epochs:")))
+        epochs = int(yaml.safe_load((out / log.stem / "config.yaml").read_text())["train"]["epochs"])
         scored = [r for r in records if "miou" in r]
         if not scored:
             continue

@@ -105,6 +105,12 @@ def file_key(path: str | os.PathLike, model_name: str | None = None, num_classes
     return cache_key(["onnx", CONVERTER_VERSION, file_digest(path), model_name, num_classes])
 
 
+def measured_for_installed(record: dict[str, Any] | None) -> bool:
+    """Whether a cache record holds the measurements of every installed runtime (False for a record measured
+    before a runtime was installed: its model must be measured again)."""
+    return record is not None and "ms" in record and not set(available_runtimes()) - set(record["ms"])
+
+
 def cached_choice(key: str, backend: str, precision: str = "auto", device: str = "auto") -> tuple[Any, str] | None:
     """``(session, backend)`` from the cache for ``key`` where ``backend`` would run a converted graph, else None.
 
@@ -117,7 +123,7 @@ def cached_choice(key: str, backend: str, precision: str = "auto", device: str =
     if backend == "auto" and (precision != "auto" or not runs_on_cpu(device)):
         return None
     record = read_entry(key)
-    if record is None or "ms" not in record or set(available_runtimes()) - set(record["ms"]):
+    if not measured_for_installed(record):
         return None  # not converted, or measured before a runtime was installed: the model is needed
     if backend in RUNTIMES:
         return (open_session(backend, record["path"]), backend) if runtime_available(backend) else None

@@ -27,12 +27,13 @@ from semseg.errors import SemsegError
 from semseg.io import list_images, read_image
 from semseg.meta import ModelMeta
 from semseg.predict.backends import (
-    LOSSLESS_AGREEMENT, RUNTIMES, auto_choice, available_runtimes, check_backend, open_session, require_runtime,
+    LOSSLESS_AGREEMENT, RUNTIMES, auto_choice, available_runtimes, check_backend, measured_for_installed, open_session,
+    require_runtime, runs_on_cpu,
 )
 from semseg.predict.images import normalize, to_chw
 from semseg.runtime.cache import CONVERTER_VERSION, cache_key, entry_paths, read_entry, state_dict_digest, write_record
 from semseg.runtime.convert import export_onnx, fixed_size_only
-from semseg.runtime.precision import autocast, resolve_device, resolve_precision
+from semseg.runtime.precision import autocast, resolve_precision
 
 TIMING_SIZE = (360, 480)  # CamVid's frame size: where the engines are timed against each other
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def resolve_backend(
         if reason:
             raise SemsegError(f"backend {backend} runs graphs of any size, and this model has none: {reason}; "
                               "export it with semseg export --fixed and predict with --onnx")
-    elif not available_runtimes() or precision != "auto" or resolve_device(device).type != "cpu" or reason:
+    elif not available_runtimes() or precision != "auto" or not runs_on_cpu(device) or reason:
         return model, "torch"
     record = onnx_conversion(model, key or model_key(model), precision)
     if backend in RUNTIMES:
@@ -96,7 +97,7 @@ def onnx_conversion(model: nn.Module, key: str, precision: str = "auto") -> dict
     """
     runtimes = available_runtimes()
     record = read_entry(key)
-    if record is not None and "ms" in record and not set(runtimes) - set(record["ms"]):
+    if measured_for_installed(record):
         return record
     name = getattr(model, "model_name", None) or type(model).__name__
     graph, _ = entry_paths(key)

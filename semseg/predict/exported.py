@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from semseg.predict.prediction import (
-    WHOLE_MAX_PIXELS, Prediction, check_batch_size, check_mean_std, output_palette, tta_on,
+    WHOLE_MAX_PIXELS, Prediction, check_batch_size, check_mean_std, label_dtype, output_palette, tta_on,
 )
 
 
@@ -98,8 +98,7 @@ class GraphPredictor:
         batch -= self.mean
         batch /= self.std
         logits = self.session.run(batch)
-        dtype = np.uint8 if logits.shape[1] <= 256 else np.int32
-        return [Prediction(scores.argmax(0).astype(dtype)) for scores in logits]
+        return [Prediction(scores.argmax(0).astype(label_dtype(logits.shape[1]))) for scores in logits]
 
     def predict(self, image: np.ndarray) -> Prediction:
         """One uint8 ``[H, W, 3]`` image's labels."""

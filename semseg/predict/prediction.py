@@ -45,6 +45,11 @@ def tta_on(tta: bool | None, model: Any) -> bool:
     return ModelMeta.of(model).tta_scales is not None and getattr(model, "fixed_input_size", None) is None
 
 
+def label_dtype(num_classes: int) -> type:
+    """The dtype of label maps: uint8 up to 256 classes (what a label PNG holds), else int32."""
+    return np.uint8 if num_classes <= 256 else np.int32
+
+
 @dataclass
 class Prediction:
     """One image's results at its original size."""

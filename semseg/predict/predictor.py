@@ -47,7 +47,7 @@ from semseg.predict.functional import (
 from semseg.predict.conversion import resolve_backend
 from semseg.predict.images import ImageLike, load_rgb, normalize, to_chw
 from semseg.predict.prediction import (
-    WHOLE_MAX_PIXELS, Prediction, check_batch_size, check_mean_std, output_palette, tta_on,
+    WHOLE_MAX_PIXELS, Prediction, check_batch_size, check_mean_std, label_dtype, output_palette, tta_on,
 )
 from semseg.predict.tiling import BLENDS, check_window, slide_window, slide_window_bands
 from semseg.runtime.precision import autocast, resolve_device, resolve_precision
@@ -320,7 +320,7 @@ class _Sink:
 
     def __init__(self, channels: int, size: Sequence[int], confidence: bool, probs: Any) -> None:
         height, width = int(size[0]), int(size[1])
-        self.labels = np.empty((height, width), np.uint8 if channels <= 256 else np.int32)
+        self.labels = np.empty((height, width), label_dtype(channels))
         self.confidence = np.empty((height, width), np.float32) if confidence else None
         if callable(probs):
             self.probs = probs((channels, height, width))
