@@ -8,6 +8,8 @@ prediction, writing):
   Normalize, model, argmax, save;
 - ``semseg``: ``semseg predict`` with its defaults (``--backend auto``: ONNX
   Runtime where its labels equal PyTorch fp32's and it was faster);
+- ``semseg-streams1``: the same, one image at a time (``--streams 1``; the default
+  predicts one image per CPU thread at once where an exported graph runs whole images);
 - ``semseg-torch``: ``semseg predict --backend torch`` (PyTorch, channels_last);
 - ``semseg-fp32``: ``semseg predict --precision fp32`` (bit-identical to plain);
 - ``onnxruntime``: ``semseg predict --onnx`` on the model exported by ``semseg export``.
@@ -83,6 +85,7 @@ def variants(work: Path, frames: Path, name: str, weights: Path | None, checkpoi
         "plain": [sys.executable, "-c", PLAIN_RECIPE, str(frames), str(out / "plain"),
                   checkpoint or str(weights), "-" if checkpoint else name, str(num_classes)],
         "semseg": predict + source + ["--out", str(out / "semseg")],
+        "semseg-streams1": predict + source + ["--streams", "1", "--out", str(out / "semseg-streams1")],
         "semseg-torch": predict + source + ["--backend", "torch", "--out", str(out / "semseg-torch")],
         "semseg-fp32": predict + source + ["--precision", "fp32", "--out", str(out / "semseg-fp32")],
         "onnxruntime": predict + ["--onnx", str(out / "model.onnx"), "--out", str(out / "onnxruntime")],

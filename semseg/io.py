@@ -337,6 +337,16 @@ def write_image_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
         _save_png(rgb, handle)
 
 
+def write_image_jpeg(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write a uint8 [H, W, 3] picture for people to look at as JPEG atomically: quality 95 without chroma
+    subsampling (4:4:4), so class colours keep their edges. For overlays, where PNG (even at zlib level 1)
+    took longer to write than a small model takes to predict, for a file several times the size
+    (BENCHMARKS.md, "Whole processes").
+    """
+    with atomic_write(path, "wb") as handle:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(handle, format="JPEG", quality=95, subsampling=0)
+
+
 # ---------------------------------------------------------------------------- writing
 def _read_umask() -> int:
     mask = os.umask(0)

@@ -357,7 +357,7 @@ def test_a_48_megapixel_image_predicts_within_2_gib(tmp_path):
     assert peak_kib < 2 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
     with Image.open(tmp_path / "labels" / "big.png") as labels:
         assert labels.size == (8000, 6000) and labels.mode == "P"
-    assert (tmp_path / "overlays" / "big.png").exists() and (tmp_path / "confidence" / "big.png").exists()
+    assert (tmp_path / "overlays" / "big.jpg").exists() and (tmp_path / "confidence" / "big.png").exists()
 
 
 # ------------------------------------------------------------------ semseg predict
@@ -395,7 +395,7 @@ def test_predict_cli_writes_every_readable_image_and_exits_1_for_the_corrupt_one
         image = np.asarray(Image.open(next(three_images.glob(f"{stem}.*"))).convert("RGB"))
         want = Predictor(ToySeg(), precision="fp32")(image)
         assert (ids == want).mean() >= 0.999  # ONNX Runtime vs PyTorch: float rounding only
-        assert Image.open(out / "overlays" / f"{stem}.png").size == size[::-1]
+        assert Image.open(out / "overlays" / f"{stem}.jpg").size == size[::-1]
         assert Image.open(out / "confidence" / f"{stem}.png").mode == "L"
         probs = np.load(out / "probs" / f"{stem}.npy")
         assert probs.shape == (4, *size) and probs.dtype == np.float32
@@ -428,7 +428,7 @@ def test_an_exported_graph_predicts_without_importing_torch_and_gives_the_predic
         numpy_labels = np.asarray(Image.open(tmp_path / "numpy" / "labels" / f"{stem}.png"))
         torch_labels = np.asarray(Image.open(tmp_path / "torch" / "labels" / f"{stem}.png"))
         np.testing.assert_array_equal(numpy_labels, torch_labels)
-        assert (tmp_path / "numpy" / "overlays" / f"{stem}.png").is_file()
+        assert (tmp_path / "numpy" / "overlays" / f"{stem}.jpg").is_file()
 
 
 def test_decoding_ahead_keeps_the_order_and_names_bad_files(three_images):

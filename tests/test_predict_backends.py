@@ -274,3 +274,112 @@ def test_predict_cli_backend_errors(toy_checkpoint, tmp_path, capsys, monkeypatc
 def test_onnxruntime_threads_follow_omp_num_threads(toy_session, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert OnnxModel(toy_session.path).session.get_session_options().intra_op_num_threads == 1
+
+
+# ------------------------------------------------------------------ images side by side (streams)
+def test_a_concurrent_session_shares_the_threads_out(toy_session, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    shared = toy_session.concurrent(2)
+    assert shared is not toy_session and shared.session.get_session_options().intra_op_num_threads == 2
+    assert toy_session.concurrent(8).session.get_session_options().intra_op_num_threads == 1  # never below one
+    assert toy_session.concurrent(1) is toy_session
+
+
+def test_threads_calling_one_concurrent_session_get_each_their_own_logits(toy_session):
+    from concurrent.futures import ThreadPoolExecutor
+
+    session = toy_session.concurrent(3)
+    inputs = [np.random.default_rng(seed).standard_normal((1, 3, 16 + 4 * seed, 20), dtype=np.float32) for seed in range(9)]
+    alone = [toy_session.run(x) for x in inputs]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(session.run, inputs))
+    for want, got in zip(alone, together):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_images_predicted_side_by_side_equal_one_at_a_time_and_skip_the_bad_one(toy_session, tmp_path, caplog):
+    from semseg.predict.exported import GraphPredictor
+    from semseg.predict.files import predict_files
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(7):  # two sizes, so that batches of one size alternate
+        Image.fromarray(rgb(24 + 8 * (index % 2), 40, index)).save(folder / f"{index}.png")
+    (folder / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # one unreadable file in the middle
+    files = sorted(folder.iterdir())
+    failed = {}
+    for streams in (1, 3):
+        predictor = GraphPredictor(toy_session, lambda: None, batch_size=2, streams=streams)
+        assert predictor.streams == streams
+        failed[streams] = predict_files(predictor, files, tmp_path / f"out{streams}", workers=2)
+    assert failed[1] == failed[3] == [folder / "3.png"]
+    for path in files:
+        if path.name != "3.png":
+            one = np.asarray(Image.open(tmp_path / "out1" / "labels" / path.name))
+            np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out3" / "labels" / path.name)), one)
+            assert Image.open(tmp_path / "out3" / "overlays" / f"{path.stem}.jpg").size == one.shape[::-1]
+    assert not any((tmp_path / "out3").rglob("3.*")) and not any((tmp_path / "out3").rglob(".*.tmp"))
+
+
+def test_a_failure_in_a_prediction_thread_stops_the_run_with_its_message(toy_session, tmp_path):
+    from semseg.predict.exported import GraphPredictor
+    from semseg.predict.files import predict_files
+
+    class FailsOnTallImages:
+        backend = "onnxruntime"
+        fixed_input_size = None
+        pretrained_cfg = toy_session.pretrained_cfg
+
+        def run(self, images):
+            if images.shape[2] > 30:
+                raise SemsegError("the graph refused a 32-row image")
+            return toy_session.run(images)
+
+        def concurrent(self, streams):
+            return FailsOnTallImages()
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(6):
+        Image.fromarray(rgb(24 if index != 4 else 32, 40, index)).save(folder / f"{index}.png")
+    predictor = GraphPredictor(FailsOnTallImages(), lambda: None, streams=2)
+    assert predictor.streams == 2
+    with pytest.raises(SemsegError, match="refused a 32-row image"):
+        predict_files(predictor, sorted(folder.iterdir()), tmp_path / "out")
+    assert not any((tmp_path / "out").rglob(".*.tmp")) and not any((tmp_path / "out").rglob("4.*"))
+
+
+def test_a_session_that_gains_nothing_from_streams_predicts_one_image_at_a_time(toy_session):
+    from semseg.predict.exported import GraphPredictor
+    from semseg.runtime.openvino import OpenVinoModel
+
+    openvino = OpenVinoModel(toy_session.path)
+    assert openvino.concurrent(2) is openvino and GraphPredictor(openvino, lambda: None, streams=2).streams == 1
+
+    class OnAGpu:
+        backend, fixed_input_size, pretrained_cfg = "onnxruntime", None, toy_session.pretrained_cfg
+        run = toy_session.run
+
+        def concurrent(self, streams):
+            return self
+
+    assert GraphPredictor(OnAGpu(), lambda: None, streams=4).streams == 1
+    with pytest.raises(SemsegError, match="streams must be 1 or more"):
+        GraphPredictor(toy_session, lambda: None, streams=0)
+
+
+def test_predict_cli_streams(toy_checkpoint, tmp_path, fresh_cache, capsys, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(4):
+        Image.fromarray(rgb(24, 40, index)).save(folder / f"{index}.png")
+    model = ["--checkpoint", str(toy_checkpoint), "--backend", "onnxruntime"]
+    assert main(["predict", str(folder), *model, "--streams", "1", "--out", str(tmp_path / "one")]) == 0
+    assert main(["predict", str(folder), *model, "--streams", "3", "--out", str(tmp_path / "three")]) == 0
+    for index in range(4):
+        one = np.asarray(Image.open(tmp_path / "one" / "labels" / f"{index}.png"))
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "three" / "labels" / f"{index}.png")), one)
+    capsys.readouterr()
+    assert main(["predict", str(folder), *model, "--streams", "0", "--out", str(tmp_path / "zero")]) == 2
+    err = capsys.readouterr().err
+    assert "--streams must be 1 or more" in err and "Traceback" not in err

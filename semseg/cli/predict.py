@@ -35,6 +35,10 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="images (whole) or tiles (slide) per forward pass (default: 1 on the CPU, 4 on a GPU)")
     p.add_argument("--workers", type=int, default=1, help="image-decoding threads (0: decode each image when its turn comes)")
+    p.add_argument("--streams", type=int, default=None,
+                   help="images predicted at once, each in a thread with its share of the CPU's threads, where an "
+                   "exported graph predicts whole images without TTA (default: one per CPU thread; 1: one image at a "
+                   "time using them all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--confidence", action="store_true", help="also write DIR/confidence/<name>.png (max probability)")
     p.add_argument("--probs", action="store_true", help="also write DIR/probs/<name>.npy (float32 [C, H, W])")
@@ -54,6 +58,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     check_label_format(args.label_format, files)  # the names before the model loads; the class count once it has
     if args.workers < 0:
         raise SemsegError(f"--workers must be 0 or more image-decoding threads, got {args.workers}")
+    if args.streams is not None and args.streams < 1:
+        raise SemsegError(f"--streams must be 1 or more images predicted at once, got {args.streams}")
     check_outputs(folders=[args.out])  # before the model loads
     if args.onnx is not None:
         if args.checkpoint or args.model:
@@ -62,7 +68,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     else:
         model, _ = load_for_prediction(args.checkpoint, args.model, args.weights, args.num_classes, args.backend,
                                        args.precision, args.device)
-    predictor = _predictor(model, args)
+    predictor = _predictor(model, args, len(files))
     failed = predict_files(predictor, files, args.out, args.confidence, args.probs, args.workers, args.label_format)
     print(f"predicted {len(files) - len(failed)} of {len(files)} images into {args.out} ({args.mode} mode, "
           f"{predictor.backend} {predictor.precision}, {describe_tta(predictor, args.tta)})")
@@ -72,10 +78,12 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predictor(model: Any, args: argparse.Namespace) -> Any:
+def _predictor(model: Any, args: argparse.Namespace, file_count: int) -> Any:
     """The Predictor for ``args``, or for a graph run once per image at native size its NumPy path
-    (:mod:`semseg.predict.exported`), which builds the Predictor only for what it does not do."""
+    (:mod:`semseg.predict.exported`), which builds the Predictor only for what it does not do, predicting
+    ``--streams`` images at once (default: one per CPU thread, no more than there are files)."""
     from semseg.predict.exported import GraphPredictor, runs_without_torch
+    from semseg.runtime.onnx import cpu_threads
 
     def full() -> Any:
         from semseg.predict import Predictor
@@ -88,6 +96,7 @@ def _predictor(model: Any, args: argparse.Namespace) -> Any:
     predictor_options = args.crop or args.stride or args.scales or args.no_flip or args.blend != "uniform"
     if not predictor_options and runs_without_torch(model, args.mode, args.size, args.tta, args.precision,
                                                     args.confidence, args.probs):
-        return GraphPredictor(model, full, args.batch_size)
+        streams = args.streams or max(1, min(cpu_threads(), file_count))
+        return GraphPredictor(model, full, args.batch_size, streams=streams)
     return full()
 

@@ -12,14 +12,22 @@ Every other case (an image above the whole-image limit, which slide mode handles
 call asking for confidence or probabilities) goes to a ``Predictor`` built on first need,
 the only time torch is imported. ``Predictor`` remains the one implementation of the
 other modes; this class only skips torch's start-up where the work is one graph call.
+
+With ``streams`` > 1, :func:`semseg.predict.predict_files` predicts that many images at
+once, each in a thread of its own, through a session that shares the CPU's threads out
+among them (:meth:`semseg.runtime.Session.concurrent`): on a CPU, images side by side use
+the cores better than one image's operators split across them, and each image's
+normalization, argmax and writing, which run on one core, overlap the others' graph calls.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from semseg.errors import SemsegError
 from semseg.predict.prediction import (
     WHOLE_MAX_PIXELS, Prediction, check_batch_size, check_mean_std, label_dtype, output_palette, tta_on,
 )
@@ -53,7 +61,8 @@ class GraphPredictor:
     ``meta``, ``palette``, ``batch_size``, ``backend``, ``precision``, ``mode``,
     ``tta``, :meth:`needs_slide` and :meth:`predict_batch`. ``full_predictor``
     builds the ``Predictor`` (same session, same settings) that takes the cases
-    this class does not.
+    this class does not. ``streams``: how many threads may call :meth:`predict_batch`
+    at once (the session is made for that); the ``Predictor`` takes one call at a time.
     """
 
     mode = "whole"
@@ -61,8 +70,11 @@ class GraphPredictor:
     tta = False
 
     def __init__(self, session: Any, full_predictor: Callable[[], Any], batch_size: int | None = None,
-                 max_whole_pixels: int = WHOLE_MAX_PIXELS) -> None:
-        self.session = session
+                 max_whole_pixels: int = WHOLE_MAX_PIXELS, streams: int = 1) -> None:
+        if not isinstance(streams, int) or streams < 1:
+            raise SemsegError(f"streams must be 1 or more images predicted at once, got {streams!r}")
+        self.session = session.concurrent(streams) if streams > 1 and hasattr(session, "concurrent") else session
+        self.streams = streams if self.session is not session else 1  # a session that gains nothing stays as it was
         self.meta = session.pretrained_cfg
         self.backend = session.backend
         self.palette = output_palette(self.meta)
@@ -74,11 +86,14 @@ class GraphPredictor:
         self.max_whole_pixels = max_whole_pixels
         self._full_predictor = full_predictor
         self._full: Any = None
+        # the Predictor is built once and runs one call at a time: it is torch's, whose threads span the CPU
+        self._full_lock = threading.Lock()
 
     def full(self) -> Any:
         """The ``Predictor`` for what this class does not do (imports torch the first time)."""
-        if self._full is None:
-            self._full = self._full_predictor()
+        with self._full_lock:
+            if self._full is None:
+                self._full = self._full_predictor()
         return self._full
 
     def needs_slide(self, shape: Sequence[int]) -> str | None:
@@ -90,7 +105,9 @@ class GraphPredictor:
     def predict_batch(self, images: Sequence[np.ndarray], confidence: bool = False, probs: Any = False) -> list[Prediction]:
         """Labels of uint8 ``[H, W, 3]`` images of one size; other requests go to the full ``Predictor``."""
         if confidence or probs or any(self.needs_slide(image.shape) for image in images):
-            return self.full().predict_batch(images, confidence, probs)
+            full = self.full()
+            with self._full_lock:
+                return full.predict_batch(images, confidence, probs)
         if len({image.shape for image in images}) > 1:
             return [result for image in images for result in self.predict_batch([image])]
         batch = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)

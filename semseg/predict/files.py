@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import glob
 import logging
 import os
@@ -30,6 +31,7 @@ from semseg.io import (
     read_image,
     remove_stale_temporaries,
     staged_path,
+    write_image_jpeg,
     write_image_png,
     write_label_png,
 )
@@ -141,13 +143,13 @@ def check_label_format(label_format: str, files: Sequence[Path], num_classes: in
 
 def write_outputs(out_dir: Path, stem: str, rgb: np.ndarray, prediction: Prediction, palette: list[list[int]],
                   label_format: str = "semseg") -> None:
-    """``labels/<stem>.png`` (palette PNG, indices = ids; ``cityscapes``: 8-bit labelIds), ``overlays/``,
-    and ``confidence/`` when computed."""
+    """``labels/<stem>.png`` (palette PNG, indices = ids; ``cityscapes``: 8-bit labelIds), ``overlays/<stem>.jpg``
+    (a picture to look at: JPEG, see :func:`semseg.io.write_image_jpeg`), and ``confidence/`` when computed."""
     if label_format == "cityscapes":
         write_label_png(out_dir / "labels" / f"{stem}.png", trainid_to_labelid(prediction.labels))
     else:
         write_label_png(out_dir / "labels" / f"{stem}.png", prediction.labels, palette)
-    write_image_png(out_dir / "overlays" / f"{stem}.png", overlay(rgb, prediction.labels, palette))
+    write_image_jpeg(out_dir / "overlays" / f"{stem}.jpg", overlay(rgb, prediction.labels, palette))
     if prediction.confidence is not None:
         write_image_png(out_dir / "confidence" / f"{stem}.png", np.rint(prediction.confidence * 255).astype(np.uint8))
 
@@ -167,6 +169,8 @@ def predict_files(
     Logs a warning when the predictions of all files together have collapsed to one class
     (:func:`semseg.metrics.collapse_warning`).
     ``out_dir`` is locked while the files are predicted (SemsegError when another command holds it).
+    A predictor with ``streams`` > 1 (:class:`~semseg.predict.exported.GraphPredictor`) predicts and
+    writes that many batches at once in threads, at most twice as many decoded batches held.
     """
     if not isinstance(workers, int) or workers < 0:
         raise SemsegError(f"workers must be 0 or more image-decoding threads, got {workers!r}")
@@ -191,7 +195,29 @@ def _predict_locked(
     counts = np.zeros(256, np.int64)  # predicted pixels per class, for the collapse warning
     # probabilities go one image at a time, straight into their .npy memory map
     batch_size = 1 if probs else predictor.batch_size
-    with Progress(len(files), "predict", unit="img", logger=log) as bar:
+    streams = 1 if probs else getattr(predictor, "streams", 1)
+    in_flight: collections.deque = collections.deque()  # (images, future of their class counts), in order
+    pool = concurrent.futures.ThreadPoolExecutor(streams, thread_name_prefix="semseg-predict") if streams > 1 else None
+
+    def finish(keep: int) -> None:
+        while len(in_flight) > keep:
+            size, job = in_flight.popleft()
+            counts[:] += job.result()  # a failure in a thread is raised here
+            bar.update(size)
+
+    def submit() -> None:
+        batch = pending[:]
+        pending.clear()
+        if not batch:
+            return
+        if pool is None:
+            counts[:] += _predict_pending(predictor, batch, out_dir, confidence, probs, label_format)
+            bar.update(len(batch))
+        else:
+            in_flight.append((len(batch), pool.submit(_predict_pending, predictor, batch, out_dir, confidence, probs, label_format)))
+            finish(keep=2 * streams - 1)
+
+    with Progress(len(files), "predict", unit="img", logger=log) as bar, pool or contextlib.nullcontext():
         for index, rgb, error in decode_ahead(files, min(workers, max(len(files) - 1, 0))):
             if error is not None:
                 log.warning("skipped %s", error)
@@ -202,9 +228,10 @@ def _predict_locked(
             if reason:
                 log.warning("%s: %s", files[index], reason)
             if pending and (rgb.shape != pending[0][1].shape or len(pending) == batch_size):
-                _predict_pending(predictor, pending, out_dir, confidence, probs, bar, counts, label_format)
+                submit()
             pending.append((files[index], rgb))
-        _predict_pending(predictor, pending, out_dir, confidence, probs, bar, counts, label_format)
+        submit()
+        finish(keep=0)
     names = list(predictor.meta.class_names or [])
     if warning := collapse_warning(counts, names, what=f"{len(files) - len(failed)} predicted image(s)"):
         log.warning(warning)
@@ -217,12 +244,10 @@ def _predict_pending(
     out_dir: Path,
     confidence: bool,
     probs: bool,
-    bar: Progress,
-    counts: np.ndarray,
     label_format: str = "semseg",
-) -> None:
-    if not pending:
-        return
+) -> np.ndarray:
+    """Predict and write one batch of images of one size; returns its predicted pixels per class (256 counts)."""
+    counts = np.zeros(256, np.int64)
     images = [rgb for _, rgb in pending]
     if probs:  # one image: its probabilities fill a .npy memory map, renamed into place once complete
         with staged_path(out_dir / "probs" / f"{pending[0][0].stem}.npy") as tmp:
@@ -241,5 +266,4 @@ def _predict_pending(
         write_outputs(out_dir, path.stem, rgb, prediction, predictor.palette, label_format)
         if prediction.labels.dtype == np.uint8:  # models of more than 256 classes are not checked
             counts += np.bincount(prediction.labels.ravel(), minlength=256)
-    bar.update(len(pending))
-    pending.clear()
+    return counts

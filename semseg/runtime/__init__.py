@@ -38,5 +38,10 @@ class Session(Protocol):
         """The same in NumPy: normalized ``float32[N,3,h,w]`` -> logits ``float32[N,C,h,w]``."""
         ...
 
+    def concurrent(self, streams: int) -> Session:
+        """The same model for ``streams`` threads calling :meth:`run` at once, the CPU's threads shared out
+        among them (or this session, where that gains nothing, e.g. on a GPU)."""
+        ...
+
 
 __all__ = ["OnnxModel", "Session"]

@@ -22,6 +22,20 @@ if TYPE_CHECKING:  # torch is imported where a tensor is given: a process predic
     from torch import Tensor
 
 
+def configured_threads() -> int | None:
+    """``$OMP_NUM_THREADS`` where set to a positive count: the limit PyTorch obeys, given to the runtimes too
+    so that the three compare like for like."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    return int(threads) if threads.isdigit() and int(threads) > 0 else None
+
+
+def cpu_threads() -> int:
+    """The threads a process may compute with: ``$OMP_NUM_THREADS``, else the CPUs it may run on."""
+    if (threads := configured_threads()) is not None:
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def read_onnx_metadata(props: dict[str, str]) -> dict[str, Any]:
     """Parse ``metadata_props`` (a name -> JSON string map) into plain values."""
     values: dict[str, Any] = {}
@@ -41,24 +55,28 @@ class OnnxModel:
     none), ``model_name`` the zoo name it was exported from; ``fixed_input_size``
     is ``(H, W)`` for a graph exported without ``dynamic`` (else None), and a
     graph exported for batch 1 is fed one image at a time. ONNX Runtime uses
-    one thread per physical core, or ``$OMP_NUM_THREADS`` where set (as PyTorch does).
+    ``threads`` threads per call; None: one per physical core, or ``$OMP_NUM_THREADS``
+    where set (as PyTorch does). Calls from several threads at once are safe
+    (ONNX Runtime's sessions are); :meth:`concurrent` gives a session made for that.
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto") -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
+        self.device = device
         if not self.path.is_file():
             raise SemsegError(f"{self.path}: ONNX file not found")
         providers = ["CPUExecutionProvider"]
         if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        self.on_cpu = providers[0] == "CPUExecutionProvider"
         options = ort.SessionOptions()
-        threads = os.environ.get("OMP_NUM_THREADS", "")
-        if threads.isdigit() and int(threads) > 0:  # the limit PyTorch obeys too, so the two compare like for like
-            options.intra_op_num_threads = int(threads)
+        threads = threads or configured_threads()
+        if threads:
+            options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception classes (Fail, InvalidGraph, ...)
@@ -84,6 +102,13 @@ class OnnxModel:
         import torch
 
         return torch.from_numpy(self.run(images.detach().cpu().float().numpy()))
+
+    def concurrent(self, streams: int) -> OnnxModel:
+        """The same graph for ``streams`` callers at once: the CPU's threads shared out among them, one
+        or more each (a session of its own; this one is unchanged). On a GPU: this session itself."""
+        if streams <= 1 or not self.on_cpu:
+            return self
+        return OnnxModel(self.path, self.device, threads=max(1, cpu_threads() // streams))
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Normalized ``float32[N,3,h,w]`` -> logits ``float32[N,C,h,w]``, in NumPy."""
