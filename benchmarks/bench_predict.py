@@ -11,6 +11,7 @@ prediction, writing):
 - ``semseg-streams1``: the same, one image at a time (``--streams 1``; the default
   predicts one image per CPU thread at once where an exported graph runs whole images);
 - ``semseg-torch``: ``semseg predict --backend torch`` (PyTorch, channels_last);
+- ``semseg-onnxruntime``: ``semseg predict --backend onnxruntime`` (where ``auto`` picks another);
 - ``semseg-fp32``: ``semseg predict --precision fp32`` (bit-identical to plain);
 - ``onnxruntime``: ``semseg predict --onnx`` on the model exported by ``semseg export``.
 
@@ -87,6 +88,7 @@ def variants(work: Path, frames: Path, name: str, weights: Path | None, checkpoi
         "semseg": predict + source + ["--out", str(out / "semseg")],
         "semseg-streams1": predict + source + ["--streams", "1", "--out", str(out / "semseg-streams1")],
         "semseg-torch": predict + source + ["--backend", "torch", "--out", str(out / "semseg-torch")],
+        "semseg-onnxruntime": predict + source + ["--backend", "onnxruntime", "--out", str(out / "semseg-onnxruntime")],
         "semseg-fp32": predict + source + ["--precision", "fp32", "--out", str(out / "semseg-fp32")],
         "onnxruntime": predict + ["--onnx", str(out / "model.onnx"), "--out", str(out / "onnxruntime")],
     }
@@ -167,9 +169,10 @@ def main() -> None:
         shutil.copy(path, frames / path.name)
     names = ["checkpoint"] if args.checkpoint else args.models
     import torch
+    from bench_int8 import cpu_flags
 
     print(f"{len(list(frames.iterdir()))} frames from {args.frames}; {os.cpu_count()} CPUs "
-          f"({torch.backends.cpu.get_cpu_capability()}); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
+          f"({torch.backends.cpu.get_cpu_capability()}; {cpu_flags()}); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
           f"work dir {work}")
 
     commands = {}
