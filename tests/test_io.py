@@ -71,3 +71,23 @@ def test_atomic_write_gives_the_mode_a_plain_open_gives(tmp_path):
     with atomic_write(tmp_path / "atomic.txt", "w") as handle:
         handle.write("x")
     assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+
+
+def test_overlay_jpegs_keep_the_size_and_class_colours(tmp_path):
+    from semseg.io import write_image_jpeg
+
+    rgb = np.zeros((36, 48, 3), np.uint8)
+    rgb[:, :16] = (128, 64, 128)  # blocks of flat colour, as an overlay's classes are
+    rgb[:, 16:32] = (70, 70, 70)
+    rgb[:, 32:] = (220, 20, 60)
+    path = tmp_path / "overlays" / "x.jpg"
+    path.parent.mkdir()
+    path.write_bytes(b"the previous overlay")
+    write_image_jpeg(path, rgb)
+    with Image.open(path) as picture:
+        assert picture.format == "JPEG" and picture.size == (48, 36)
+        decoded = np.asarray(picture.convert("RGB")).astype(int)
+    # quality 95 without chroma subsampling: colours within a few levels away from the blocks' edges
+    for columns in (slice(2, 14), slice(18, 30), slice(34, 46)):
+        assert np.abs(decoded[:, columns] - rgb[:, columns]).max() <= 4
+    assert [p.name for p in path.parent.iterdir()] == ["x.jpg"]  # written in place of the old one, no leftovers
