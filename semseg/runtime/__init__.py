@@ -40,7 +40,8 @@ class Session(Protocol):
 
     def concurrent(self, streams: int) -> Session:
         """The same model for ``streams`` threads calling :meth:`run` at once, the CPU's threads shared out
-        among them (or this session, where that gains nothing, e.g. on a GPU)."""
+        among them; or this session itself, which then takes one call at a time (where running side by
+        side gains nothing, e.g. on a GPU, or is not safe)."""
         ...
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta
-from semseg.runtime.onnx import read_onnx_metadata
+from semseg.runtime.onnx import configured_threads, read_onnx_metadata
 
 if TYPE_CHECKING:  # torch is imported where a tensor is given: a process predicting through NumPy never imports it
     from torch import Tensor
@@ -57,9 +57,8 @@ class OpenVinoModel:
         self.fixed_input_size = tuple(d.get_length() for d in spatial) if static else None
         self.dynamic = self.fixed_input_size is None
         config = {"INFERENCE_PRECISION_HINT": "f32"}
-        threads = os.environ.get("OMP_NUM_THREADS", "")
-        if threads.isdigit() and int(threads) > 0:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if threads := configured_threads():
+            config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
