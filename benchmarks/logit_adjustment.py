@@ -2,17 +2,17 @@
 class weights ``w_c`` (the weights its training stored), and score each alpha on labelled frames.
 
 Weighted cross-entropy moves the decision toward class c by ``log w_c``; alpha takes back that share
-(Menon et al., "Long-tail learning via logit adjustment", ICLR 2021). The offset is added to the bias of
-the LR-ASPP head's high-resolution classifier (its logits are the sum of two 1x1 convolutions, and a
-bilinear upsampling keeps a constant offset), so this script takes LR-ASPP checkpoints only.
-Whole images, no TTA, fp32; the CamVid class names of the table in BENCHMARKS.md.
+(Menon et al., "Long-tail learning via logit adjustment", ICLR 2021), through the model's
+``pretrained_cfg.logit_offset`` as ``semseg export --logit-adjust ALPHA`` records it. Whole images,
+fp32; ``--tta-scales`` adds the flip + multi-scale TTA the default model recommends.
 
-    python benchmarks/logit_adjustment.py RUN/last.pt HOLDOUT/val HOLDOUT/valannot --alphas 0 0.5 1
+    python benchmarks/logit_adjustment.py RUN/last.pt HOLDOUT/val HOLDOUT/valannot --alphas 0 0.5 1 [--tta-scales 1 1.25 1.5]
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 
 from semseg.checkpoint import load_checkpoint
 from semseg.io import read_image, read_label_map
+from semseg.losses.weights import logit_adjustment
 from semseg.metrics import ConfusionMatrix
 from semseg.models import load_model
 from semseg.predict import Predictor
@@ -32,21 +33,18 @@ def main() -> None:
     parser.add_argument("labels", help="folder of label maps of the same names")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     parser.add_argument("--ignore-index", type=int, default=11)
+    parser.add_argument("--tta-scales", type=float, nargs="+", default=None, help="predict with flip + these scales")
     args = parser.parse_args()
     weights = load_checkpoint(args.checkpoint).get("class_weights")
     if not weights:
         raise SystemExit(f"{args.checkpoint}: trained without class weights; nothing to adjust")
     model = load_model(args.checkpoint)
-    bias = model.net.classifier.high_classifier.bias
-    trained = bias.detach().clone()
-    log_weights = torch.log(torch.tensor(weights, dtype=torch.float32))
     frames = sorted(Path(args.frames).glob("*.png"))
     names = model.pretrained_cfg.class_names
-    print(f"{len(frames)} frames; class weights {[round(w, 2) for w in weights]}")
+    print(f"{len(frames)} frames; class weights {[round(w, 2) for w in weights]}; TTA scales {args.tta_scales}")
     for alpha in args.alphas:
-        with torch.no_grad():
-            bias.copy_(trained - alpha * log_weights)
-        predictor = Predictor(model, precision="fp32", tta=False)
+        model.pretrained_cfg = replace(model.pretrained_cfg, logit_offset=logit_adjustment(weights, alpha))
+        predictor = Predictor(model, precision="fp32", tta=bool(args.tta_scales), scales=args.tta_scales)
         matrix = ConfusionMatrix(len(weights), ignore_index=args.ignore_index)
         for frame in frames:
             truth = read_label_map(Path(args.labels) / frame.name)

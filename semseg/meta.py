@@ -33,7 +33,7 @@ class ModelMeta:
     """What prediction, export and checkpoints need to know about a model's weights.
 
     Sequences are stored as tuples (``mean``, ``std``, ``input_size``,
-    ``tta_scales``) and lists (``class_names``, ``palette``) whatever was passed.
+    ``tta_scales``, ``logit_offset``) and lists (``class_names``, ``palette``) whatever was passed.
     """
 
     num_classes: int | None = None
@@ -47,6 +47,10 @@ class ModelMeta:
     # scales of the multi-scale + flip test-time augmentation these weights were validated with;
     # prediction uses it unless told otherwise (None: predict each image once)
     tta_scales: tuple[float, ...] | None = None
+    # per-class amounts the zoo model's forward adds to its logits, one per class: `semseg export
+    # --logit-adjust` records -alpha * log(class weight), taking back that share of the decision shift a
+    # class-weighted loss trained into the weights (None: the logits as trained)
+    logit_offset: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
@@ -54,6 +58,8 @@ class ModelMeta:
             self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         if self.tta_scales is not None:
             self.tta_scales = tuple(float(v) for v in self.tta_scales)
+        if self.logit_offset is not None:
+            self.logit_offset = tuple(float(v) for v in self.logit_offset)
         if self.class_names is not None:
             self.class_names = [str(name) for name in self.class_names]
         if self.palette is not None:
@@ -62,7 +68,7 @@ class ModelMeta:
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (lists, not tuples), so the dict is safe for ``weights_only`` loading and JSON."""
         values = dataclasses.asdict(self)
-        for key in ("mean", "std", "input_size", "tta_scales"):
+        for key in ("mean", "std", "input_size", "tta_scales", "logit_offset"):
             if values[key] is not None:
                 values[key] = list(values[key])
         return values

@@ -381,3 +381,63 @@ def test_export_records_the_recommended_tta_in_both_formats(zoo_checkpoint, tmp_
     assert main(["export", "--checkpoint", str(path), "--tta-scales", "0", "--out", str(tmp_path / "z.pt"),
                  "--format", "semseg"]) == 2
     assert "--tta-scales must be positive" in capsys.readouterr().err
+
+
+def test_logit_adjustment_takes_back_a_share_of_the_class_weights_prior(tmp_path, capsys):
+    from semseg.checkpoint import save_checkpoint
+    from semseg.losses.weights import logit_adjustment
+    from semseg.models import load_model
+
+    weights = [0.5, 1.0, 4.0]
+    np.testing.assert_allclose(logit_adjustment(weights, 0.5), [-0.5 * np.log(w) for w in weights])
+    assert all(v == 0 for v in logit_adjustment(weights, 0.0))
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", 3).eval()
+    trained = tmp_path / "trained.pt"
+    save_checkpoint({"model_name": model.model_name, "model_meta": model.pretrained_cfg.to_dict(),
+                     "model": model.state_dict(), "class_weights": weights}, trained)
+    assert main(["export", "--checkpoint", str(trained), "--format", "semseg", "--logit-adjust", "0.5",
+                 "--out", str(tmp_path / "m.pt"), "--size", "32", "48"]) == 0
+    adjusted = load_model(tmp_path / "m.pt")
+    offset = torch.tensor([-0.5 * np.log(w) for w in weights], dtype=torch.float32).view(1, 3, 1, 1)
+    np.testing.assert_allclose(adjusted.pretrained_cfg.logit_offset, offset.flatten().tolist(), rtol=1e-6)
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(adjusted(x), model(x) + offset, rtol=1e-5, atol=1e-5)
+    # the exported graph carries it: ONNX Runtime gives the adjusted logits
+    assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--size", "32", "48"]) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(OnnxModel(tmp_path / "m.onnx")(x), model(x) + offset, rtol=1e-4, atol=1e-4)
+        # training's forward is the trained logits: the offset is for prediction only
+        torch.testing.assert_close(adjusted.train().forward_aux(x)["out"], model.train().forward_aux(x)["out"])
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--logit-adjust", "0.5"], "trained without class weights"),
+        (["--logit-adjust", "1.5", "WEIGHTED"], "must lie in 0..1"),
+        (["--logit-adjust", "0.5", "NOCHECKPOINT"], "give --checkpoint"),
+    ],
+)
+def test_logit_adjustment_bad_inputs(zoo_checkpoint, tmp_path, capsys, args, message):
+    from semseg.checkpoint import save_checkpoint
+
+    path, model = zoo_checkpoint
+    if "WEIGHTED" in args:
+        path = tmp_path / "weighted.pt"
+        save_checkpoint({"model_name": model.model_name, "model_meta": model.pretrained_cfg.to_dict(),
+                         "model": model.state_dict(), "class_weights": [1.0, 2.0, 3.0]}, path)
+    source = [] if "NOCHECKPOINT" in args else ["--checkpoint", str(path)]
+    args = [a for a in args if a not in ("WEIGHTED", "NOCHECKPOINT")]
+    code = main(["export", *source, *args, "--format", "semseg", "--out", str(tmp_path / "m.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_logit_offset_of_the_wrong_length_is_named(tmp_path):
+    model = create_model("lraspp_mobilenet_v3_large", 3).eval()
+    model.pretrained_cfg.logit_offset = (0.0, 1.0)
+    with pytest.raises(SemsegError, match="logit_offset has 2 values but the model predicts 3 classes"):
+        model(torch.randn(1, 3, 32, 32))

@@ -32,6 +32,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta-scales", type=float, nargs="+", default=None, metavar="S",
                    help="record in the model's metadata that it is best predicted with multi-scale + flip TTA at these "
                    "scales (semseg predict and Predictor then use them unless told otherwise)")
+    p.add_argument("--logit-adjust", type=float, default=None, metavar="ALPHA",
+                   help="--checkpoint trained with class weights: add -ALPHA * log(weight) to each class's logits "
+                   "(0..1: the share of the weights' pull toward rare classes taken back; recorded in the metadata)")
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--dynamic", action="store_true", default=None,
                        help="accept any height and width (the default, where the model allows it)")
@@ -55,12 +58,23 @@ def _run_export(args: argparse.Namespace) -> int:
         print(f"exporting the embedded default model ({default_model_path()}); --checkpoint or --model names another")
     check_not_an_input(args.out, [args.checkpoint, args.weights])
     check_writable_file(args.out, "--out file")
+    if args.logit_adjust is not None and not args.checkpoint:
+        raise SemsegError("--logit-adjust reads the class weights a training run stored: give --checkpoint")
     model = load_torch_model(args.checkpoint, args.model, args.weights, args.num_classes)
-    provenance = load_checkpoint(args.checkpoint) if args.checkpoint and args.format == "semseg" else None
+    state = load_checkpoint(args.checkpoint) if args.checkpoint and (args.format == "semseg" or args.logit_adjust is not None) else None
+    provenance = state if args.format == "semseg" else None
+    offset = None
+    if args.logit_adjust is not None:
+        from semseg.losses.weights import logit_adjustment
+
+        if not state.get("class_weights"):
+            raise SemsegError(f"{args.checkpoint}: trained without class weights (train.class_weights), so there is "
+                              "no prior to take back; drop --logit-adjust")
+        offset = logit_adjustment(state["class_weights"], args.logit_adjust)
     max_drop = DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop
     report = export_model(model, args.out, args.format, args.size, args.dynamic, args.opset, args.half,
                           args.tta_scales, provenance, args.int8, args.calib, args.labels, max_drop, not args.no_gate,
-                          args.ignore_index)
+                          args.ignore_index, offset)
     agreement = (f"on {report['batches']} sample batches: argmax agreement {100 * report['agreement']:.3f}%, "
                  f"max logit difference {report['max_abs_diff']:.2e}")
     if args.format == "semseg":

@@ -77,13 +77,16 @@ def export_model(
     max_drop: float = DEFAULT_MAX_DROP,
     gate: bool = True,
     ignore_index: int | None = None,
+    logit_offset: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` to ``out`` in format ``fmt`` and check it; returns the parity report plus ``size``.
 
     ``size``: the export (and check) size, default the model's input size, else
     512x512. ``dynamic`` (onnx): any height and width (True), the export size
 only (False), or any where the model allows it (None). ``half`` (semseg): float16
-    weights. ``tta_scales``: recorded in the metadata as the recommended TTA.
+    weights. ``tta_scales``: recorded in the metadata as the recommended TTA. ``logit_offset``: recorded
+    in the metadata as the per-class offset the zoo model's forward adds to its logits (one per class;
+    :func:`semseg.losses.weights.logit_adjustment` makes one), so the export and its check include it.
     ``provenance``: entries of the training checkpoint an inference checkpoint keeps.
     ``int8`` (onnx, openvino): quantized on the ``calib`` images and gated on
     their ``labels``, scored without ``ignore_index`` (default: the model's)
@@ -93,6 +96,8 @@ only (False), or any where the model allows it (None). ``half`` (semseg): float1
     remove_stale_temporaries(Path(out).parent, Path(out).name)  # of an export killed by SIGKILL
     if tta_scales is not None:
         model.pretrained_cfg = replace(ModelMeta.of(model), tta_scales=check_tta_scales(tta_scales, "--tta-scales"))
+    if logit_offset is not None:
+        model.pretrained_cfg = replace(ModelMeta.of(model), logit_offset=tuple(float(v) for v in logit_offset))
     size = as_size(size, "--size") or ModelMeta.of(model).input_size or DEFAULT_EXPORT_SIZE
     if int8:
         report = quantize_checked(model, out, fmt, calib or [], labels or "", size, dynamic, opset, max_drop, gate,

@@ -90,3 +90,19 @@ def class_weights(method: str, class_pixels: Counts, present_pixels: Counts | No
     if method == "enet":
         return enet_weights(class_pixels)
     raise SemsegError(f"unknown class weights {method!r}: expected {', '.join(CLASS_WEIGHT_METHODS)}")
+
+
+def logit_adjustment(class_weights: Counts, alpha: float) -> tuple[float, ...]:
+    """The per-class logit offset ``-alpha * log(w_c)`` that takes back ``alpha`` of a class-weighted loss's prior.
+
+    A cross-entropy weighted by ``w_c`` is minimized by the posterior times ``w_c``, which moves the
+    decision toward class c by ``log w_c`` in the logits; adding this offset undoes ``alpha`` of that
+    (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021). ``alpha`` 0 keeps the trained
+    decision, 1 removes the weights' prior entirely (BENCHMARKS.md measures both on held-out sequences).
+    """
+    weights = _counts(class_weights, "class weights")
+    if not np.all(weights > 0):
+        raise SemsegError(f"class weights must all be positive to adjust logits by their log, got {weights.tolist()}")
+    if not 0 <= alpha <= 1:
+        raise SemsegError(f"the logit adjustment must lie in 0..1 (the share of the class weights' prior taken back), got {alpha}")
+    return tuple(float(-alpha * np.log(w)) for w in weights)

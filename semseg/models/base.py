@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semseg.errors import SemsegError
 from semseg.meta import ModelMeta
 
 
@@ -68,8 +70,20 @@ class SegModel(nn.Module):
         return {key: value[..., :height, :width] for key, value in outputs.items()}
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x: float[N,3,H,W]`` (normalized) -> logits ``float[N,C,H,W]``; the aux head, if any, is not run."""
-        return self._padded(x, with_aux=False)["out"]
+        """``x: float[N,3,H,W]`` (normalized) -> logits ``float[N,C,H,W]``; the aux head, if any, is not run.
+
+        Adds ``pretrained_cfg.logit_offset`` (one value per class) where the metadata has one, so every
+        path that runs the model (prediction, ``val``, exported graphs) applies it; training's
+        :meth:`forward_aux` does not.
+        """
+        logits = self._padded(x, with_aux=False)["out"]
+        offset = self.pretrained_cfg.logit_offset
+        if offset is None:
+            return logits
+        if len(offset) != logits.shape[1]:
+            raise SemsegError(f"pretrained_cfg.logit_offset has {len(offset)} values but the model predicts "
+                              f"{logits.shape[1]} classes")
+        return logits + torch.tensor(offset, dtype=logits.dtype, device=logits.device).view(1, -1, 1, 1)
 
     def forward_aux(self, x: Tensor) -> dict[str, Tensor]:
         """For training: ``{"out": logits[N,C,H,W], "aux": logits[N,C,H,W]}``; ``"aux"`` only when ``has_aux``.
