@@ -361,3 +361,20 @@ def test_demo_trains_evaluates_and_predicts_the_held_back_frame(tmp_path, capsys
     assert "miou" in _metrics(run)[-1]
     assert main(["demo", "--run-dir", str(run)]) == 2  # never overwrites a run
     assert "already holds a demo run" in capsys.readouterr().err
+
+
+def test_training_from_an_adjusted_export_starts_without_its_logit_offset(tmp_path):
+    from dataclasses import replace
+
+    from semseg.engine.setup import build_model
+    from semseg.models import create_model
+
+    model = create_model("lraspp_mobilenet_v3_large", num_classes=3).eval()
+    model.pretrained_cfg = replace(model.pretrained_cfg, logit_offset=(0.1, -0.2, 0.3))
+    save_checkpoint({"model_name": model.model_name, "model_meta": model.pretrained_cfg.to_dict(),
+                     "model": model.state_dict()}, tmp_path / "exported.pt")
+    cfg = load_config(None, ["model.name=lraspp_mobilenet_v3_large", f"model.pretrained={tmp_path / 'exported.pt'}"])
+    trained_on = build_model(cfg, 3, ["a", "b", "c"], [[0, 0, 0], [1, 1, 1], [2, 2, 2]])
+    assert trained_on.pretrained_cfg.logit_offset is None
+    torch.testing.assert_close(trained_on.state_dict()["net.classifier.high_classifier.bias"],
+                               model.state_dict()["net.classifier.high_classifier.bias"])  # the weights did load

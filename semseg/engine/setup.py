@@ -60,6 +60,9 @@ def build_model(cfg: RunConfig, num_classes: int, class_names: list[str], palett
         mean=tuple(cfg.data.mean),
         std=tuple(cfg.data.std),
         ignore_index=cfg.data.ignore_index,
+        # an offset belongs to the weights and class weights of the run that exported it (semseg export
+        # --logit-adjust); weights trained on from such a file start without one
+        logit_offset=None,
     )
     if cfg.model.bn_momentum is not None:
         for module in model.modules():
