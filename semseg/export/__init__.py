@@ -97,7 +97,7 @@ only (False), or any where the model allows it (None). ``half`` (semseg): float1
     if tta_scales is not None:
         model.pretrained_cfg = replace(ModelMeta.of(model), tta_scales=check_tta_scales(tta_scales, "--tta-scales"))
     if logit_offset is not None:
-        model.pretrained_cfg = replace(ModelMeta.of(model), logit_offset=tuple(float(v) for v in logit_offset))
+        model.pretrained_cfg = replace(ModelMeta.of(model), logit_offset=logit_offset)  # ModelMeta makes it a float tuple
     size = as_size(size, "--size") or ModelMeta.of(model).input_size or DEFAULT_EXPORT_SIZE
     if int8:
         report = quantize_checked(model, out, fmt, calib or [], labels or "", size, dynamic, opset, max_drop, gate,
