@@ -66,11 +66,32 @@ def test_benchmark_rows_for_every_backend(checkpoint, folder):
     assert "* what --backend auto runs" in format_benchmark(rows)
 
 
+def test_the_auto_row_times_the_folder_as_semseg_predict_runs_it(checkpoint, folder, tmp_path, monkeypatch):
+    """The picked backend's folder rate goes through predict's own path: a graph with one stream per CPU thread
+    (capped at the file count), labels and overlays written to a temporary folder that is removed afterwards."""
+    import tempfile
+
+    monkeypatch.setattr("semseg.predict.benchmark.auto_choice", lambda record: "onnxruntime")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    rows = benchmark([str(folder[0])], checkpoint=checkpoint[0])
+    by_name = {row["backend"]: row for row in rows}
+    picked = by_name["onnxruntime"]
+    assert picked["auto"] and picked["predict_images_per_s"] > 0 and picked["predict_streams"] == 2
+    assert all(row["predict_images_per_s"] is None and row["predict_streams"] is None
+               for name, row in by_name.items() if name != "onnxruntime")
+    assert "semseg predict --no-tta with onnxruntime ran the folder at" in format_benchmark(rows)
+    assert list(scratch.iterdir()) == []
+
+
 def test_benchmark_without_onnxruntime_or_labels(checkpoint, folder, monkeypatch):
     monkeypatch.setattr("semseg.predict.backends.runtime_available", lambda runtime: False)
     rows = benchmark([str(folder[0])], checkpoint=checkpoint[0])
     assert [row["backend"] for row in rows] == ["torch-fp32", "torch"] and rows[1]["auto"]
     assert all(row["miou"] is None for row in rows)
+    assert rows[1]["predict_images_per_s"] > 0 and rows[1]["predict_streams"] == 1  # PyTorch: one image at a time
 
 
 def test_benchmark_cli_writes_csv_and_json(checkpoint, folder, tmp_path, capsys):
