@@ -82,8 +82,7 @@ def _predictor(model: Any, args: argparse.Namespace, file_count: int) -> Any:
     """The Predictor for ``args``, or for a graph run once per image at native size its NumPy path
     (:mod:`semseg.predict.exported`), which builds the Predictor only for what it does not do, predicting
     ``--streams`` images at once (default: one per CPU thread, no more than there are files)."""
-    from semseg.predict.exported import GraphPredictor, runs_without_torch
-    from semseg.runtime.onnx import cpu_threads
+    from semseg.predict.exported import GraphPredictor, default_streams, runs_without_torch
 
     def full() -> Any:
         from semseg.predict import Predictor
@@ -96,7 +95,7 @@ def _predictor(model: Any, args: argparse.Namespace, file_count: int) -> Any:
     predictor_options = args.crop or args.stride or args.scales or args.no_flip or args.blend != "uniform"
     if not predictor_options and runs_without_torch(model, args.mode, args.size, args.tta, args.precision,
                                                     args.confidence, args.probs):
-        streams = args.streams or max(1, min(cpu_threads(), file_count))
+        streams = args.streams or default_streams(file_count)
         return GraphPredictor(model, full, args.batch_size, streams=streams)
     return full()
 

@@ -98,15 +98,14 @@ def folder_rate(run: dict[str, Any], files: Sequence[Path]) -> tuple[float, int]
     """
     import tempfile
 
-    from semseg.predict.exported import GraphPredictor
+    from semseg.predict.exported import GraphPredictor, default_streams
+    from semseg.predict.files import log as files_log
     from semseg.predict.files import predict_files
-    from semseg.runtime.onnx import cpu_threads
 
     predictor = run["predictor"]
     if run.get("session") is not None:
-        predictor = GraphPredictor(run["session"], lambda: run["predictor"],
-                                   streams=max(1, min(cpu_threads(), len(files))))
-    quiet = logging.getLogger("semseg.predict.files")  # its progress and collapse warning: the table reports
+        predictor = GraphPredictor(run["session"], lambda: run["predictor"], streams=default_streams(len(files)))
+    quiet = files_log  # its progress and collapse warning: the table reports
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:

@@ -31,6 +31,12 @@ from semseg.errors import SemsegError
 from semseg.predict.prediction import (
     WHOLE_MAX_PIXELS, Prediction, check_batch_size, check_mean_std, label_dtype, output_palette, tta_on,
 )
+from semseg.runtime.onnx import cpu_threads
+
+
+def default_streams(file_count: int) -> int:
+    """``semseg predict``'s default ``--streams``: one image at a time per CPU thread, never more than there are files."""
+    return max(1, min(cpu_threads(), file_count))
 
 
 def runs_without_torch(
