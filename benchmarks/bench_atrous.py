@@ -14,6 +14,7 @@ taps that read the image, which shows how close each runtime is to the CPU's pea
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import os
 import statistics
@@ -62,9 +63,7 @@ def main() -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        conv_cl = nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False).eval()
-        conv_cl.load_state_dict(conv.state_dict())
-        conv_cl = conv_cl.to(memory_format=torch.channels_last)
+        conv_cl = copy.deepcopy(conv).to(memory_format=torch.channels_last)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         x_np = x.numpy()
         runs = {

@@ -70,7 +70,7 @@ def fit_offsets(log_probs: np.ndarray, truth: np.ndarray, start: np.ndarray, swe
                 value = scores(log_probs, truth, trial)[0]
                 if value > best + 1e-6:
                     best, offsets = value, trial
-    return offsets - offsets.mean()
+    return offsets
 
 
 def main() -> None:
@@ -85,7 +85,8 @@ def main() -> None:
     fitted = []
     for log_probs, truth, weights in folds:
         start = np.asarray(logit_adjustment(weights.tolist(), 0.5))
-        fitted.append(fit_offsets(log_probs[:, ::2], truth[::2], start) - start)  # what the fit adds to ALPHA 0.5
+        beyond = fit_offsets(log_probs[:, ::2], truth[::2], start) - start  # what the fit adds to ALPHA 0.5
+        fitted.append(beyond - beyond.mean())  # centred: a constant added to every logit changes no argmax
     print(f"TTA scales {args.tta_scales}; mIoU on every second pixel; IoU per class in the checkpoint's class order")
     for index, ((log_probs, truth, weights), fold) in enumerate(zip(folds, args.fold)):
         adjust = lambda alpha: np.asarray(logit_adjustment(weights.tolist(), alpha))  # noqa: E731
