@@ -336,14 +336,62 @@ def test_ddp_two_processes_match_one(tiny_camvid, tmp_path):
                 f"data.root={root}", *FAST, *same]
         done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
-    for a, b in zip(one, two):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-        assert a["miou"] == pytest.approx(b["miou"], abs=1e-4)
+        assert done.stdout.count("run folder:") == 1  # rank 0 alone prints
+    # semseg's own launcher: the same group of two processes, each given one of the two threads
+    launched = subprocess.run([sys.executable, "-m", "semseg", "train", "--processes", "2", "--run-dir",
+                               str(tmp_path / "own"), f"data.root={root}", *FAST, *same],
+                              capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.count("run folder:") == 1 and "2 processes (DDP)" in launched.stdout + launched.stderr
+    one, two, own = _metrics(tmp_path / "one"), _metrics(tmp_path / "two"), _metrics(tmp_path / "own")
+    assert len(one) == len(two) == len(own) == 2
+    for a, b, c in zip(one, two, own):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4) == c["train_loss"]
+        assert a["miou"] == pytest.approx(b["miou"], abs=1e-4) == c["miou"]
     # the gallery shows the whole val set under DDP too (each rank evaluates one of the 2 frames)
     with Image.open(tmp_path / "one" / "val_gallery.png") as a, Image.open(tmp_path / "two" / "val_gallery.png") as b:
         assert a.size == b.size
         assert (np.asarray(a.convert("RGB")) != np.asarray(b.convert("RGB"))).any(axis=2).mean() < 0.01
+
+
+def test_launched_processes_get_their_ranks_and_threads_and_a_failure_stops_the_rest():
+    from semseg.engine.distributed import launch_local
+
+    # rank 1 fails at once; rank 0 would sleep for a minute, as a rank blocked in a collective waits for its peer
+    script = ("import os, sys, time; rank = int(os.environ['RANK']); "
+              "print('rank', rank, 'of', os.environ['WORLD_SIZE'], 'threads', os.environ['OMP_NUM_THREADS'], "
+              "os.environ['LOCAL_RANK'], os.environ['MASTER_ADDR'], flush=True); "
+              "sys.exit(3) if rank == 1 else time.sleep(60)")
+    started = time.monotonic()
+    exits = launch_local([sys.executable, "-c", script], processes=2, threads_per_process=1)
+    assert time.monotonic() - started < 30
+    assert [(end.rank, end.returncode, end.stopped) for end in exits] == [(1, 3, False), (0, -signal.SIGTERM, True)]
+    assert exits[0].output.strip() == "rank 1 of 2 threads 1 1 127.0.0.1"  # kept; rank 0's went to the console
+    ok = launch_local([sys.executable, "-c", "import os; assert os.environ['OMP_NUM_THREADS'] == '2'"], 2, 2)
+    assert sorted(end.returncode for end in ok) == [0, 0]
+
+
+def test_processes_bad_inputs(tiny_camvid, tmp_path, capsys, monkeypatch):
+    from semseg.engine import distributed
+
+    run = ["train", "--run-dir", str(tmp_path / "run"), f"data.root={tiny_camvid}", *FAST]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    for processes, message in (("0", "--processes must be 1 or more, not 0"),
+                               ("3", "--processes 3 is more than the 2 CPU thread(s) this command may use")):
+        assert main([*run, "--processes", processes]) == 2
+        assert message in capsys.readouterr().err
+    assert main([*run, "--processes", "2", "train.bogus=1"]) == 2  # checked before any process starts
+    assert "unknown config key 'train.bogus'" in capsys.readouterr().err
+    # a rank other than 0 failing alone: its last lines, once
+    monkeypatch.setattr(distributed, "launch_local", lambda command, processes, threads: [
+        distributed.RankExit(1, 1, False, "Traceback (most recent call last):\nRuntimeError: out of memory\n"),
+        distributed.RankExit(0, -15, True, "")])
+    assert main([*run, "--processes", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "semseg: process 1 of 2 failed (exit status 1); its last lines:" in err and err.count("out of memory") == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([*run, "--processes", "2"]) == 2
+    assert "under torchrun leave it out" in capsys.readouterr().err
 
 
 def test_demo_trains_evaluates_and_predicts_the_held_back_frame(tmp_path, capsys, monkeypatch):

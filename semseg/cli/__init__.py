@@ -92,6 +92,7 @@ def _main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         else:
             args, extra = parser.parse_args(argv), []
         args.extra = extra
+        args.argv = argv  # the command line as given, for a command that starts copies of itself
         setup_logging(-1 if args.quiet else 1 if args.verbose else 0)
         return int(args.handler(args) or 0)
     except SemsegError as exc:

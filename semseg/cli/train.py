@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -17,27 +18,87 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the previous run in --run-dir (its last.pt, best.pt, metrics.jsonl and config.yaml are deleted)")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="train as N processes on this machine (DDP, as torchrun --nproc-per-node N), each with an equal "
+                        "share of the CPU threads; on a CPU, one process per core trains faster than one process using "
+                        "every core (docs/training.md). train.batch_size stays the global batch")
     p.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from semseg.engine.distributed import launch_rank, launched
     from semseg.engine.loop import TrainingInterrupted, train
 
     if args.resume and (args.run_dir or args.overwrite):
         raise SemsegError("--resume DIR continues the run in DIR: leave out --run-dir and --overwrite")
+    if args.processes != 1:
+        return _train_in_processes(args)
     try:
         run_dir = train(config_path=args.config, overrides=split_overrides(args.extra), run_dir=args.run_dir,
                         resume=args.resume, overwrite=args.overwrite)
     except TrainingInterrupted as stop:
         if stop.resumable:
-            print(f"semseg: interrupted; continue this run with: semseg train --resume {shlex.quote(str(stop.run_dir))}",
-                  file=sys.stderr)
+            again = f" --processes {os.environ['WORLD_SIZE']}" if launched() else ""
+            print(f"semseg: interrupted; continue this run with: semseg train --resume {shlex.quote(str(stop.run_dir))}"
+                  f"{again}", file=sys.stderr)
         else:
             print(f"semseg: interrupted before the first epoch ended: {stop.run_dir} holds nothing to resume",
                   file=sys.stderr)
         return 130
-    print(f"run folder: {run_dir.resolve()} (report.html, best.pt, last.pt, results.csv, metrics.jsonl, config.yaml)")
+    if launch_rank() == 0:  # under DDP the other ranks would repeat it
+        print(f"run folder: {run_dir.resolve()} (report.html, best.pt, last.pt, results.csv, metrics.jsonl, config.yaml)")
     return 0
+
+
+def _train_in_processes(args: argparse.Namespace) -> int:
+    """``--processes N``: the same command line without the option, as N DDP processes; one message if one fails."""
+    from semseg.config import load_config
+    from semseg.engine.distributed import launch_local, launched
+    from semseg.runtime.onnx import cpu_threads
+
+    processes = args.processes
+    if processes < 1:
+        raise SemsegError(f"--processes must be 1 or more, not {processes}")
+    if launched():
+        raise SemsegError("--processes starts its own group of processes: under torchrun leave it out")
+    if not args.resume:
+        load_config(args.config, split_overrides(args.extra))  # a bad config key: one message, before any process starts
+    threads = cpu_threads()
+    if processes > threads:
+        raise SemsegError(f"--processes {processes} is more than the {threads} CPU thread(s) this command may use "
+                          "($OMP_NUM_THREADS or the CPUs it may run on): at most one process per thread")
+    command = [sys.executable, "-m", "semseg", *_without_option(args.argv, "--processes")]
+    try:
+        exits = launch_local(command, processes, threads // processes)
+    except KeyboardInterrupt as stop:
+        if type(stop) is not KeyboardInterrupt:
+            raise  # SIGTERM: the command's own message
+        return 130  # Ctrl-C: rank 0 said how to resume
+    failed = [end for end in exits if end.returncode != 0]
+    rank_zero = next(end for end in exits if end.rank == 0)
+    if not failed:
+        return 0
+    if rank_zero.returncode != 0 and not rank_zero.stopped:
+        return rank_zero.returncode  # its message is on the console already
+    first = failed[0]
+    tail = "\n".join(first.output.strip().splitlines()[-20:])
+    print(f"semseg: process {first.rank} of {processes} failed (exit status {first.returncode}); its last lines:\n{tail}",
+          file=sys.stderr)
+    return first.returncode
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    kept: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(option + "="):
+            kept.append(item)
+    return kept
 
 
 def add_val(sub: argparse._SubParsersAction) -> None:

@@ -236,8 +236,9 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def class_statistics(dataset: SegDataset, workers: int = 0) -> dict[str, Any]:
-    """Class frequencies of the decoded masks (no transform), read in ``workers`` processes.
+def class_statistics(dataset: SegDataset, workers: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Class frequencies of the decoded masks (no transform), read in ``workers`` processes (shown as progress
+    unless ``progress`` is False: DDP's other ranks count the same masks).
 
     Returns ``class_pixels`` (pixels per class), ``present_pixels`` (per class, all
     pixels of the images that contain it: SegNet median-frequency weights),
@@ -245,7 +246,7 @@ def class_statistics(dataset: SegDataset, workers: int = 0) -> dict[str, Any]:
     With ``dataset.skip_bad_samples`` the samples training skips are left out
     (each logged) and counted in ``skipped``; without it a bad sample raises.
     """
-    rows = parallel_map(_MaskCounts(dataset), workers, "class statistics")
+    rows = parallel_map(_MaskCounts(dataset), workers, "class statistics" if progress else None)
     errors = [row for row in rows if isinstance(row, str)]
     for error in errors:
         log.warning("class statistics: skipped %s", error)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -270,7 +269,7 @@ def _write_reports(trainer: Trainer, status: str, scores: dict[str, Any] | None,
 def fit(cfg: RunConfig, run_dir: str | Path, resume_state: dict | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into ``run_dir``; returns the last epoch's log entry."""
     run_dir = Path(run_dir)
-    if os.environ.get("RANK", "0") == "0":  # named before the setup's slow parts (class statistics)
+    if dist_utils.launch_rank() == 0:  # named before the setup's slow parts (class statistics)
         log.info("run folder %s", run_dir.resolve())
     trainer = setup_trainer(cfg, run_dir, resume_state)
     if resume_state is not None:
@@ -431,7 +430,7 @@ def _clear_previous_run(run_path: Path, overwrite: bool) -> None:
             f"{run_path} already holds a run ({', '.join(previous)}); {resumable}pick another --run-dir, "
             "or replace it with --overwrite"
         )
-    if _launch_rank() != 0:
+    if dist_utils.launch_rank() != 0:
         return
     for name in (*RUN_FILES, *REPORT_FILES):
         (run_path / name).unlink(missing_ok=True)
@@ -439,15 +438,10 @@ def _clear_previous_run(run_path: Path, overwrite: bool) -> None:
     log.info("--overwrite: removed the previous run's files from %s", run_path)
 
 
-def _launch_rank() -> int:
-    """This process's rank under torchrun (0 without it), known before the process group starts."""
-    return int(os.environ.get("RANK", "0"))
-
-
 @contextlib.contextmanager
 def _run_folder_lock(run_path: Path) -> Iterator[None]:
     """The run folder locked for the block, by rank 0 (the process that writes it); other ranks only read it."""
-    if _launch_rank() != 0:
+    if dist_utils.launch_rank() != 0:
         yield
         return
     with folder_lock(run_path, "run folder"):

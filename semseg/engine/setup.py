@@ -176,7 +176,7 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
     stats = None
     weights_needed = isinstance(cfg.train.class_weights, str) and "class_weights" not in resume_state
     if weights_needed or (class_pixels is None and cfg.train.reports and dist.is_main):
-        stats = class_statistics(train_set, workers=cfg.data.workers)
+        stats = class_statistics(train_set, workers=cfg.data.workers, progress=dist.is_main)
         class_pixels = [int(n) for n in stats["class_pixels"]]
     if "class_weights" in resume_state:
         weights = resume_state["class_weights"]  # computed once, at the start of the run
