@@ -389,6 +389,11 @@ def test_processes_bad_inputs(tiny_camvid, tmp_path, capsys, monkeypatch):
     assert main([*run, "--processes", "2"]) == 1
     err = capsys.readouterr().err
     assert "semseg: process 1 of 2 failed (exit status 1); its last lines:" in err and err.count("out of memory") == 1
+    monkeypatch.setattr(distributed, "launch_local", lambda command, processes, threads: [
+        distributed.RankExit(0, -15, True, ""),
+        distributed.RankExit(1, 2, False, "model lraspp...\nsemseg: error: 2 processes, 1 CUDA device(s)\n")])
+    assert main([*run, "--processes", "2"]) == 2
+    assert capsys.readouterr().err == "semseg: error: process 1 of 2: 2 processes, 1 CUDA device(s)\n"
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main([*run, "--processes", "2"]) == 2
     assert "under torchrun leave it out" in capsys.readouterr().err

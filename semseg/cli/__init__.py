@@ -19,6 +19,7 @@ import threading
 from typing import Callable, Iterator, Sequence
 
 from semseg.cli.app import add_app
+from semseg.cli.args import ERROR_PREFIX
 from semseg.cli.benchmark import add_benchmark
 from semseg.cli.configs import add_configs
 from semseg.cli.console import setup_logging
@@ -96,7 +97,7 @@ def _main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         setup_logging(-1 if args.quiet else 1 if args.verbose else 0)
         return int(args.handler(args) or 0)
     except SemsegError as exc:
-        print(f"semseg: error: {error_message(exc)}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{error_message(exc)}", file=sys.stderr)
         return 2
     except Terminated:
         print("semseg: terminated", file=sys.stderr)

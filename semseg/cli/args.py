@@ -7,6 +7,8 @@ from typing import Sequence
 
 from semseg.errors import SemsegError
 
+ERROR_PREFIX = "semseg: error: "  # the start of the one line a command prints for a SemsegError
+
 
 def add_model_source(p: argparse.ArgumentParser) -> None:
     """``--checkpoint`` or ``--model`` with ``--weights`` and ``--num-classes`` (none: the default model)."""

@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 
-from semseg.cli.args import check_outputs, split_overrides
+from semseg.cli.args import ERROR_PREFIX, check_outputs, split_overrides
 from semseg.errors import SemsegError
 
 
@@ -80,10 +80,14 @@ def _train_in_processes(args: argparse.Namespace) -> int:
         return 0
     if rank_zero.returncode != 0 and not rank_zero.stopped:
         return rank_zero.returncode  # its message is on the console already
-    first = failed[0]
-    tail = "\n".join(first.output.strip().splitlines()[-20:])
-    print(f"semseg: process {first.rank} of {processes} failed (exit status {first.returncode}); its last lines:\n{tail}",
-          file=sys.stderr)
+    first = next((end for end in failed if not end.stopped), failed[0])  # the process whose failure stopped the rest
+    lines = first.output.strip().splitlines()
+    if lines and lines[-1].startswith(ERROR_PREFIX):  # a message of its own: that line alone
+        print(f"{ERROR_PREFIX}process {first.rank} of {processes}: {lines[-1][len(ERROR_PREFIX):]}", file=sys.stderr)
+    else:  # a crash: the end of what it wrote
+        tail = "\n".join(lines[-20:])
+        print(f"semseg: process {first.rank} of {processes} failed (exit status {first.returncode}); its last lines:\n"
+              f"{tail}", file=sys.stderr)
     return first.returncode
 
 

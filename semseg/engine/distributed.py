@@ -57,8 +57,8 @@ def init_distributed(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             if info.local_rank >= torch.cuda.device_count():
-                raise SemsegError(f"process {info.local_rank} of {world_size} on this machine has no CUDA device of its "
-                                  f"own ({torch.cuda.device_count()} visible): start at most one process per GPU")
+                raise SemsegError(f"{world_size} processes on this machine, {torch.cuda.device_count()} CUDA device(s) "
+                                  "visible: start at most one process per GPU")
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
     return info
