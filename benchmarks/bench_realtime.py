@@ -2,7 +2,7 @@
 
 What a from-scratch CamVid recipe on a CPU buys per minute: for each model, one
 training step (forward with the training heads, the trainer's own loss
-``semseg.engine.trainer._loss`` with the aux heads and PIDNet's boundary loss,
+``semseg.engine.step.training_loss`` with the aux heads and PIDNet's boundary loss,
 backward, AdamW step; batch 8, fp32, 11 classes) at 288x384 and 360x480 crops,
 with channels_last off and on, and inference (eval mode, batch 1, 360x480).
 Every round runs every configuration once, so a load that comes and goes hits
@@ -33,7 +33,6 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
@@ -41,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from semseg.config import TrainConfig
 from semseg.engine.optim import build_optimizer
-from semseg.engine.trainer import _loss, _TrainForward
+from semseg.engine.step import train_forward, training_loss
 from semseg.losses import create_loss
 from semseg.models import SegModel, create_model
 from semseg.models.base import count_parameters
@@ -110,15 +109,13 @@ def make_runner(spec: str, channels_last: bool) -> Runner:
     model = create_model(name, NUM_CLASSES, **kwargs)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = _TrainForward(model, with_aux=model.has_aux)
+    forward = train_forward(model, AUX_WEIGHT)
     optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-2))
-    trainer = SimpleNamespace(criterion=create_loss("ce", NUM_CLASSES, ignore_index=255),
-                              cfg=SimpleNamespace(train=SimpleNamespace(aux_weight=AUX_WEIGHT),
-                                                  data=SimpleNamespace(ignore_index=255)))
+    criterion = create_loss("ce", NUM_CLASSES, ignore_index=255)
 
     def step(images: torch.Tensor, masks: torch.Tensor) -> None:
         model.train()
-        loss = _loss(trainer, forward, images, masks)
+        loss = training_loss(forward(images), masks, criterion, AUX_WEIGHT, 255)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

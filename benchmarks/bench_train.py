@@ -2,7 +2,8 @@
 
 The baseline is the torchvision references' step: NCHW fp32 model, F.cross_entropy
 with ignore_index, SGD. semseg's step is the engine's: the precision `auto` picks for
-this machine (bf16 autocast only where the CPU computes bf16 natively), channels_last,
+this machine (on a CPU that computes bf16 natively, bf16 or fp32, whichever runs this
+model's step faster, measured as `semseg train` measures it; else fp32), channels_last,
 its loss module and parameter groups. Both train the same architecture on the same
 batches; iterations alternate so that machine noise hits both alike.
 
@@ -19,7 +20,14 @@ import torch.nn.functional as F
 
 from semseg.config import TrainConfig
 from semseg.engine.optim import build_optimizer
-from semseg.runtime.precision import autocast, cpu_has_bf16, resolve_precision, use_channels_last
+from semseg.runtime.precision import (
+    autocast,
+    cpu_has_bf16,
+    measures_precision,
+    resolve_precision,
+    time_precisions,
+    use_channels_last,
+)
 from semseg.losses import create_loss
 from semseg.models import create_model
 
@@ -58,7 +66,7 @@ def main() -> None:
     if channels_last:
         fast.to(memory_format=torch.channels_last)
 
-    def semseg_step():
+    def semseg_step(precision: str) -> None:
         with autocast(precision, device):
             loss = criterion(fast(fast_images).float(), masks)
         fast_opt.zero_grad(set_to_none=True)
@@ -66,21 +74,27 @@ def main() -> None:
         fast_opt.step()
 
     plain.train(), fast.train()
+    measured = ""
+    if measures_precision("auto", device):  # as semseg.engine.setup.measured_cpu_precision
+        seconds = time_precisions(semseg_step)
+        precision = min(seconds, key=seconds.__getitem__)
+        measured = f" (measured: {', '.join(f'{s:.2f} s/step in {name}' for name, s in seconds.items())})"
     baseline_step(plain, plain_opt, images, masks)  # warm-up
-    semseg_step()
+    semseg_step(precision)
     t_plain = t_semseg = 0.0
     for _ in range(args.iters):
         start = time.perf_counter()
         baseline_step(plain, plain_opt, images, masks)
         t_plain += time.perf_counter() - start
         start = time.perf_counter()
-        semseg_step()
+        semseg_step(precision)
         t_semseg += time.perf_counter() - start
     n = args.iters * args.batch
     print(f"model {args.model}, batch {args.batch}, crop {args.crop[0]}x{args.crop[1]}, "
-          f"threads {torch.get_num_threads()}, CPU bf16: {cpu_has_bf16()}")
+          f"threads {torch.get_num_threads()}, capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"CPU bf16: {cpu_has_bf16()}")
     print(f"plain fp32 loop : {n / t_plain:6.2f} img/s")
-    print(f"semseg ({precision}{', channels_last' if channels_last else ''}): {n / t_semseg:6.2f} img/s")
+    print(f"semseg ({precision}{', channels_last' if channels_last else ''}): {n / t_semseg:6.2f} img/s{measured}")
     print(f"speed-up        : {t_plain / t_semseg:.2f}x")
 
 

@@ -116,7 +116,8 @@ class TrainConfig:
     class_weights: Union[None, str, list] = None
     # weight of the auxiliary head's loss, for models that have one
     aux_weight: float = 0.4
-    # auto: bf16 autocast on CUDA and on CPUs with bf16, else fp32; fp16 needs CUDA
+    # auto: bf16 autocast on CUDA; on a CPU with native bf16 (AVX512-BF16, AMX) bf16 or fp32, whichever
+    # trains this model faster (measured at the run's start, kept on resume); else fp32. fp16 needs CUDA
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     # torch.compile the training forward pass (inductor; on the CPU it needs a C++ compiler). Off by default:

@@ -22,6 +22,7 @@ from semseg.config import TrainConfig, load_config
 from semseg.engine.optim import build_optimizer, lr_factor
 from semseg.engine.trainer import RunClock
 from semseg.errors import SemsegError
+from semseg.runtime import precision as precision_module
 
 from conftest import FAST  # the tiny_camvid fixture lives in conftest.py
 
@@ -154,6 +155,56 @@ def test_class_weights_from_the_training_set(tiny_camvid, tmp_path):
     weights = torch.load(run / "last.pt", weights_only=True)["class_weights"]
     assert len(weights) == 11 and all(np.isfinite(weights))
     assert max(weights) > 1 > min(w for w in weights if w > 0)  # rare classes up, frequent ones down
+
+
+def test_time_precisions_warms_up_then_keeps_each_precisions_fastest_round(monkeypatch):
+    calls, clock = [], iter([0.0, 3.0, 10.0, 11.0, 20.0, 21.5, 30.0, 30.5])  # fp32 3 s then 1.5 s; bf16 1 s then 0.5 s
+    monkeypatch.setattr(precision_module.time, "perf_counter", lambda: next(clock))
+    seconds = precision_module.time_precisions(calls.append, ("fp32", "bf16"), rounds=2)
+    assert calls == ["fp32", "bf16"] * 3  # one warm-up each, then the rounds in turns
+    assert seconds == {"fp32": 1.5, "bf16": 0.5}
+
+
+def _as_on_a_bf16_cpu(monkeypatch, seconds: dict[str, float]) -> None:
+    """train.precision=auto as on a CPU with native bf16: the measurement's steps run for real (on the
+    model's copy), its timings replaced by ``seconds``."""
+    from semseg.engine import setup
+
+    real = precision_module.time_precisions
+    fake = lambda run, precisions=("fp32", "bf16"), rounds=2: {**real(run, precisions, rounds=1), **seconds}  # noqa: E731
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "time_precisions", fake)
+    monkeypatch.setattr(setup, "time_precisions", fake)
+
+
+def test_auto_precision_on_a_bf16_cpu_measures_trains_in_the_faster_and_resumes_in_it(tiny_camvid, tmp_path,
+                                                                                      monkeypatch, caplog):
+    plain, auto = tmp_path / "fp32", tmp_path / "auto"
+    assert _train(plain, tiny_camvid, "train.epochs=2") == 0
+    with caplog.at_level("INFO", logger="semseg.engine.setup"):
+        _as_on_a_bf16_cpu(monkeypatch, {"fp32": 1.0, "bf16": 2.0})
+        assert _train(auto, tiny_camvid, "train.epochs=2", "train.precision=auto") == 0
+    assert "precision auto: fp32, the faster on this CPU" in caplog.text and "2.00 s in bf16" in caplog.text
+    # measuring ran forward and backward on a copy, with the random state restored: the run is the plain fp32 run
+    a, b = load_checkpoint(plain / "last.pt"), load_checkpoint(auto / "last.pt")
+    assert b["precision"] == "fp32" and a["precision"] == "fp32"
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert [e["train_loss"] for e in _metrics(plain)] == [e["train_loss"] for e in _metrics(auto)]
+    # `semseg val` measures a forward pass of the first frame (inference, not training, is what it runs)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="semseg.runtime.precision"):
+        assert main(["val", "--checkpoint", str(auto / "last.pt"), "--json", str(tmp_path / "val.json")]) == 0
+    assert "precision auto: fp32" in caplog.text and "a forward pass of 1x3x64x80" in caplog.text
+    assert json.loads((tmp_path / "val.json").read_text())["miou"] == _metrics(auto)[-1]["miou"]
+
+    # a resumed run computes as it began, whatever a new measurement would say
+    caplog.clear()
+    with caplog.at_level("INFO", logger="semseg.engine.setup"):
+        _as_on_a_bf16_cpu(monkeypatch, {"fp32": 2.0, "bf16": 1.0})
+        assert main(["train", "--resume", str(auto), "train.epochs=3"]) == 0
+    assert "precision auto" not in caplog.text
+    assert load_checkpoint(auto / "last.pt")["precision"] == "fp32"
 
 
 @pytest.mark.slow  # inductor compiles LR-ASPP's forward and backward: minutes on two cores

@@ -32,7 +32,14 @@ from semseg.models.factory import default_model_path
 from semseg.progress import Progress
 from semseg.reports.gallery import Frame, FramePicker, GalleryRow, frame_iou, gallery
 from semseg.reports.report import ReportInputs, write_report
-from semseg.runtime.precision import autocast, resolve_device, resolve_precision, use_channels_last
+from semseg.runtime.precision import (
+    autocast,
+    faster_inference_precision,
+    measures_precision,
+    resolve_device,
+    resolve_precision,
+    use_channels_last,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +212,11 @@ def evaluate_checkpoint(
             f"{checkpoint}: the model predicts {meta.num_classes} classes but the {cfg.data.format} "
             f"dataset at {cfg.data.root} has {dataset.info.num_classes}"
         )
+    if measures_precision(cfg.train.precision, device) and len(dataset):
+        first = dataset[0][0][None]  # the first frame, as the loader gives it
+        model.eval()
+        precision = faster_inference_precision(
+            model, first.contiguous(memory_format=torch.channels_last) if channels_last else first)
     for_report = FramePicker(len(dataset), cfg.train.gallery_frames if report_dir else 0)
     for_examples = FramePicker(len(dataset), save_examples)
     boundary = BoundaryIoU(meta.num_classes, cfg.data.ignore_index)

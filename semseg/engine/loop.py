@@ -1,9 +1,6 @@
 """The training loop as plain functions: :func:`fit` -> :func:`train_one_epoch`, then validate, log, checkpoint.
 
-The loss is computed at the call site, torchvision's recipe: ``criterion(out,
-masks)`` plus ``train.aux_weight * criterion(aux, masks)`` for each aux head
-(``"aux"``, ``"aux2"``, ...), plus the boundary loss for models with a
-``"boundary"`` head. Epoch lines and stop reasons go to this module's logger; progress
+A batch's forward and loss are :mod:`semseg.engine.step`'s. Epoch lines and stop reasons go to this module's logger; progress
 within an epoch to :mod:`semseg.progress`.
 """
 
@@ -25,9 +22,9 @@ from semseg.engine import distributed as dist_utils
 from semseg.engine.evaluate import validate
 from semseg.engine.setup import setup_trainer
 from semseg.engine.state import best_state, checkpoint_state, epoch_seed, restore_state, seed_everything, write_metrics_log
+from semseg.engine.step import train_forward, training_loss
 from semseg.engine.trainer import Trainer
 from semseg.errors import SemsegError
-from semseg.losses.boundary import boundary_loss
 from semseg.io import folder_lock, write_text_atomic
 from semseg.metrics import MEAN_KEYS, format_report
 from semseg.progress import Progress
@@ -35,38 +32,6 @@ from semseg.reports.report import ReportInputs, write_report, write_results_csv
 from semseg.runtime.precision import autocast
 
 log = logging.getLogger(__name__)
-
-
-class _TrainForward(nn.Module):
-    """What DDP wraps: the model's forward with aux outputs, so gradient sync sees every head."""
-
-    def __init__(self, model: nn.Module, with_aux: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.with_aux = with_aux
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.with_aux:
-            return self.model.forward_aux(images)
-        return {"out": self.model(images)}
-
-
-def training_loss(outputs: dict[str, torch.Tensor], masks: torch.Tensor, criterion: nn.Module, aux_weight: float,
-                  ignore_index: int) -> torch.Tensor:
-    """The loss of one batch: ``criterion(out, masks)``, plus ``aux_weight * criterion(aux, masks)`` for
-    every auxiliary head (``"aux"``, ``"aux2"``, ...: deep supervision), plus PIDNet's boundary loss
-    when the model has a ``"boundary"`` head. ``outputs`` is what ``forward_aux`` returns. For a
-    mask-classification model (Mask2Former: ``"class_queries"`` among the outputs) ``criterion`` is
-    its set-prediction loss, and takes the outputs whole.
-    """
-    if "class_queries" in outputs:  # a mask-classification model: its set-prediction loss takes the queries
-        return criterion(outputs, masks)
-    loss = criterion(outputs["out"].float(), masks)
-    for key in [k for k in outputs if k.startswith("aux")]:
-        loss = loss + aux_weight * criterion(outputs[key].float(), masks)
-    if "boundary" in outputs:
-        loss = loss + boundary_loss(outputs["boundary"], outputs["out"], masks, criterion, ignore_index)
-    return loss
 
 
 def _to_device(trainer: Trainer, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,10 +110,7 @@ def _optimizer_step(trainer: Trainer) -> None:
 
 def _ddp_forward(trainer: Trainer) -> nn.Module:
     """The module the loop calls; wrapped in DDP under torchrun (rebuilt when freezing changes)."""
-    # set-prediction models train on their queries, which only forward_aux returns
-    with_aux = bool(getattr(trainer.model, "has_aux", False)) and (
-        trainer.cfg.train.aux_weight > 0 or getattr(trainer.model, "set_prediction", False))
-    forward: nn.Module = _TrainForward(trainer.model, with_aux)
+    forward: nn.Module = train_forward(trainer.model, trainer.cfg.train.aux_weight)
     if trainer.dist.enabled:
         device_ids = [trainer.device.index] if trainer.device.type == "cuda" else None
         forward = nn.parallel.DistributedDataParallel(forward, device_ids=device_ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -18,12 +19,21 @@ from semseg.data.splits import leakage_warning
 from semseg.engine import distributed as dist_utils
 from semseg.engine.optim import build_optimizer, build_scheduler
 from semseg.engine.state import seed_everything, worker_init
+from semseg.engine.step import train_forward, training_loss
 from semseg.engine.trainer import RunClock, Trainer
 from semseg.errors import SemsegError
 from semseg.losses import class_weights, create_loss
 from semseg.losses.mask_classification import MaskClassificationLoss
 from semseg.models import convert_norm, create_model
-from semseg.runtime.precision import check_compile_toolchain, resolve_device, resolve_precision, use_channels_last
+from semseg.runtime.precision import (
+    autocast,
+    check_compile_toolchain,
+    measures_precision,
+    resolve_device,
+    resolve_precision,
+    time_precisions,
+    use_channels_last,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +149,42 @@ def eval_loader(dataset: Any, workers: int, dist: dist_utils.DistInfo) -> DataLo
     return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers)
 
 
+def measured_cpu_precision(model: nn.Module, criterion: nn.Module, cfg: RunConfig, num_classes: int,
+                           channels_last: bool, dist: dist_utils.DistInfo) -> str:
+    """``train.precision=auto`` on a CPU with native bf16: ``bf16`` or ``fp32``, whichever runs a training
+    step (forward, loss, backward) of this model on ``data.crop_size`` crops faster here.
+
+    Neither is faster for every model on such a CPU (:mod:`semseg.runtime.precision`). The step runs on a
+    copy of the model, on random images (at most 2 per step, to bound the cost of a large model), with the
+    random-number state restored afterwards: the run's weights, BatchNorm statistics and random streams are
+    those of a run without the measurement. Under DDP the ranks' timings are averaged, so all agree.
+    """
+    probe = copy.deepcopy(model)
+    forward = train_forward(probe, cfg.train.aux_weight)
+    generator = torch.Generator().manual_seed(0)
+    batch = min(2, max(1, cfg.train.batch_size // dist.world_size))
+    height, width = cfg.data.crop_size
+    images = torch.randn(batch, 3, height, width, generator=generator)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    masks = torch.randint(0, num_classes, (batch, height, width), generator=generator)
+
+    def step(precision: str) -> None:
+        with autocast(precision, torch.device("cpu")):
+            loss = training_loss(forward(images), masks, criterion, cfg.train.aux_weight, cfg.data.ignore_index)
+        loss.backward()
+        probe.zero_grad(set_to_none=True)
+
+    with torch.random.fork_rng(devices=[]):
+        seconds = time_precisions(step)
+    seconds = {name: dist_utils.mean_across_ranks(value, torch.device("cpu")) for name, value in seconds.items()}
+    chosen = min(seconds, key=seconds.__getitem__)
+    if dist.is_main:
+        log.info("precision auto: %s, the faster on this CPU (native bf16) for this model: a training step of %d "
+                 "images took %s", chosen, batch, ", ".join(f"{seconds[name]:.2f} s in {name}" for name in seconds))
+    return chosen
+
+
 def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = None) -> Trainer:
     """The :class:`Trainer` of ``cfg``: data, model, loss, optimizer; with ``resume_state``, its class weights and clock."""
     device = resolve_device(cfg.train.device)
@@ -183,6 +229,10 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
     else:
         weights = resolve_class_weights(cfg, train_set, stats)
     criterion = build_criterion(cfg, model, info.num_classes, weights).to(device)
+    if measures_precision(cfg.train.precision, device):
+        # measured once per run and kept in its checkpoints: a resumed run computes as it began
+        precision = resume_state.get("precision") or measured_cpu_precision(
+            model, criterion, cfg, info.num_classes, channels_last, dist)
     loader = train_loader(train_set, cfg, dist, pin=device.type == "cuda")
     steps_per_epoch = len(loader) // cfg.train.accumulate
     if steps_per_epoch < 1:

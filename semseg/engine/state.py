@@ -80,6 +80,7 @@ def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
         "metrics": trainer.history[-1] if trainer.history else {},
         "best_scores": trainer.best_scores,
         "class_pixels": trainer.class_pixels,
+        "precision": trainer.precision,  # what train.precision=auto chose: a resumed run keeps it
     }
     if trainer.ema is not None:
         state["train_model"] = model.state_dict()

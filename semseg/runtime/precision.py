@@ -3,20 +3,30 @@
 bf16 autocast only pays off where the hardware has bf16 arithmetic (CUDA, or
 CPUs with AVX512-BF16 / AMX). On a CPU without it PyTorch emulates bf16, many
 times slower than fp32, so ``auto`` must look at the CPU, not just at the
-device type.
+device type. Even with AMX, bf16 is not faster for every model on a CPU: oneDNN's
+bf16 depthwise convolutions, and the casts around a small network's many cheap
+layers, can cost more than they save (MobileNetV3's LR-ASPP trains slower in bf16
+than in fp32 on such a CPU, while ResNet and SegFormer models train 1.5-2.9x faster:
+BENCHMARKS.md, "bf16 on a CPU with AMX"). So training measures both on its own model
+(:func:`time_precisions`) where the CPU has native bf16, and inference measures a
+forward pass (:func:`faster_inference_precision`): :func:`measures_precision` says when.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
-from typing import ContextManager
+import time
+from typing import Callable, ContextManager, Sequence
 
 import torch
 
 from semseg.errors import SemsegError
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,6 +60,44 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in ("fp32", "bf16", "fp16"):
         raise SemsegError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
     return precision
+
+
+def measures_precision(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` is ``auto`` on a CPU with native bf16: there the model's own timing chooses
+    between bf16 and fp32 (on CUDA, bf16 is the faster for every model here)."""
+    return precision == "auto" and device.type == "cpu" and cpu_has_bf16()
+
+
+def time_precisions(run: Callable[[str], object], precisions: Sequence[str] = ("fp32", "bf16"),
+                    rounds: int = 2) -> dict[str, float]:
+    """Seconds one call of ``run(precision)`` takes, per precision: the fastest of ``rounds`` timed calls,
+    after one untimed warm-up call each (oneDNN builds its kernels then), the precisions taken in turns so
+    that a change in the machine's load falls on both."""
+    for precision in precisions:
+        run(precision)
+    seconds = {precision: float("inf") for precision in precisions}
+    for _ in range(rounds):
+        for precision in precisions:
+            started = time.perf_counter()
+            run(precision)
+            seconds[precision] = min(seconds[precision], time.perf_counter() - started)
+    return seconds
+
+
+def faster_inference_precision(model: Callable[[torch.Tensor], object], images: torch.Tensor) -> str:
+    """``bf16`` or ``fp32``, whichever runs ``model(images)`` (inference, on the CPU) faster here; logged."""
+    device = torch.device("cpu")
+
+    def run(precision: str) -> None:
+        with torch.inference_mode(), autocast(precision, device):
+            model(images)
+
+    seconds = time_precisions(run, rounds=1)
+    chosen = min(seconds, key=seconds.__getitem__)
+    log.info("precision auto: %s, the faster on this CPU (native bf16) for this model: a forward pass of %s "
+             "took %s", chosen, "x".join(str(n) for n in images.shape),
+             ", ".join(f"{seconds[name]:.3f} s in {name}" for name in seconds))
+    return chosen
 
 
 def autocast(precision: str, device: torch.device) -> ContextManager:
