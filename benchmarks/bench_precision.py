@@ -8,8 +8,8 @@ crops) and one inference forward pass (eval mode, batch 1, the same size), both 
 channels_last as semseg runs them, in fp32 and under bf16 autocast. Every round runs
 every configuration once, so a load that comes and goes hits all alike; the table
 gives the median over ``--repeats`` rounds after one warm-up round. The last columns
-say what semseg's own measurements choose (``measured_cpu_precision``'s and
-``faster_inference_precision``'s rule, the faster of the two) for the same model.
+say what semseg's own measurements choose for the same model (their rule,
+``faster_precision``: bf16 where it is at least 1.1x as fast as fp32).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_precision.py --models lraspp_mobilenet_v3_large fcn8s_resnet18
 """
@@ -28,7 +28,7 @@ from semseg.config import TrainConfig
 from semseg.engine.optim import build_optimizer
 from semseg.models import create_model
 from semseg.runtime.onnx import cpu_threads
-from semseg.runtime.precision import autocast, cpu_has_bf16
+from semseg.runtime.precision import autocast, cpu_has_bf16, faster_precision
 
 DEFAULT_MODELS = ["lraspp_mobilenet_v3_large", "ddrnet_23_slim", "fcn8s_resnet18", "unet_resnet18", "segformer_b0"]
 PRECISIONS = ("fp32", "bf16")
@@ -96,7 +96,7 @@ def main() -> None:
         median = {key[1:]: statistics.median(value) for key, value in seconds.items() if key[0] == name}
         train32, train16 = median[("train", "fp32")], median[("train", "bf16")]
         infer32, infer16 = median[("infer", "fp32")], median[("infer", "bf16")]
-        choice = lambda fp32, bf16: "bf16" if cpu_has_bf16() and bf16 < fp32 else "fp32"  # noqa: E731
+        choice = lambda fp32, bf16: faster_precision({"fp32": fp32, "bf16": bf16}) if cpu_has_bf16() else "fp32"  # noqa: E731
         print(f"| {name} | {train32:.2f} | {train16:.2f} | {train32 / train16:.2f}x | {infer32 * 1e3:.0f} | "
               f"{infer16 * 1e3:.0f} | {infer32 / infer16:.2f}x | {choice(train32, train16)} | {choice(infer32, infer16)} |")
 

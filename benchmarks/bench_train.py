@@ -23,6 +23,7 @@ from semseg.engine.optim import build_optimizer
 from semseg.runtime.precision import (
     autocast,
     cpu_has_bf16,
+    faster_precision,
     measures_precision,
     resolve_precision,
     time_precisions,
@@ -77,7 +78,7 @@ def main() -> None:
     measured = ""
     if measures_precision("auto", device):  # as semseg.engine.setup.measured_cpu_precision
         seconds = time_precisions(semseg_step)
-        precision = min(seconds, key=seconds.__getitem__)
+        precision = faster_precision(seconds)
         measured = f" (measured: {', '.join(f'{s:.2f} s/step in {name}' for name, s in seconds.items())})"
     baseline_step(plain, plain_opt, images, masks)  # warm-up
     semseg_step(precision)

@@ -290,7 +290,7 @@ def test_auto_precision_on_a_bf16_cpu_measures_the_model_once_on_its_first_batch
     monkeypatch.setattr(precision_module, "time_precisions", timings)
     image = rgb(40, 56)
     predictor = Predictor(ToySeg(), precision="auto")
-    with caplog.at_level("INFO", logger="semseg.runtime.precision"):
+    with caplog.at_level("DEBUG", logger="semseg.runtime.precision"):
         first, second = predictor.predict_proba(image), predictor.predict_proba(image)
     assert predictor.precision == faster and measured == ["fp32", "bf16"]  # measured once, not per image
     assert f"precision auto: {faster}, the faster on this CPU" in caplog.text

@@ -28,6 +28,7 @@ from semseg.models import convert_norm, create_model
 from semseg.runtime.precision import (
     autocast,
     check_compile_toolchain,
+    faster_precision,
     measures_precision,
     resolve_device,
     resolve_precision,
@@ -152,7 +153,8 @@ def eval_loader(dataset: Any, workers: int, dist: dist_utils.DistInfo) -> DataLo
 def measured_cpu_precision(model: nn.Module, criterion: nn.Module, cfg: RunConfig, num_classes: int,
                            channels_last: bool, dist: dist_utils.DistInfo) -> str:
     """``train.precision=auto`` on a CPU with native bf16: ``bf16`` or ``fp32``, whichever runs a training
-    step (forward, loss, backward) of this model on ``data.crop_size`` crops faster here.
+    step (forward, loss, backward) of this model on ``data.crop_size`` crops faster here (bf16 by a margin:
+    :func:`~semseg.runtime.precision.faster_precision`).
 
     Neither is faster for every model on such a CPU (:mod:`semseg.runtime.precision`). The step runs on a
     copy of the model, on random images (at most 2 per step, to bound the cost of a large model), with the
@@ -178,7 +180,7 @@ def measured_cpu_precision(model: nn.Module, criterion: nn.Module, cfg: RunConfi
     with torch.random.fork_rng(devices=[]):
         seconds = time_precisions(step)
     seconds = {name: dist_utils.mean_across_ranks(value, torch.device("cpu")) for name, value in seconds.items()}
-    chosen = min(seconds, key=seconds.__getitem__)
+    chosen = faster_precision(seconds)
     if dist.is_main:
         log.info("precision auto: %s, the faster on this CPU (native bf16) for this model: a training step of %d "
                  "images took %s", chosen, batch, ", ".join(f"{seconds[name]:.2f} s in {name}" for name in seconds))
