@@ -175,10 +175,8 @@ def _as_on_a_bf16_cpu(monkeypatch, seconds: dict[str, float]) -> None:
     from semseg.engine import setup
 
     real = precision_module.time_precisions
-    fake = lambda run, precisions=("fp32", "bf16"), rounds=2: {**real(run, precisions, rounds=1), **seconds}  # noqa: E731
     monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(precision_module, "time_precisions", fake)
-    monkeypatch.setattr(setup, "time_precisions", fake)
+    monkeypatch.setattr(setup, "time_precisions", lambda run: {**real(run, rounds=1), **seconds})
 
 
 def test_auto_precision_on_a_bf16_cpu_measures_trains_in_the_faster_and_resumes_in_it(tiny_camvid, tmp_path,
@@ -195,11 +193,10 @@ def test_auto_precision_on_a_bf16_cpu_measures_trains_in_the_faster_and_resumes_
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert [e["train_loss"] for e in _metrics(plain)] == [e["train_loss"] for e in _metrics(auto)]
-    # `semseg val` measures a forward pass of the first frame (inference, not training, is what it runs)
-    caplog.clear()
-    with caplog.at_level("DEBUG", logger="semseg.runtime.precision"):
+    # `semseg val` evaluates in the precision the run chose: the number its training logged
+    with caplog.at_level("INFO", logger="semseg.engine.evaluate"):
         assert main(["val", "--checkpoint", str(auto / "last.pt"), "--json", str(tmp_path / "val.json")]) == 0
-    assert "precision auto: fp32" in caplog.text and "a forward pass of 1x3x64x80" in caplog.text
+    assert "evaluating in fp32: the precision last.pt chose" in caplog.text
     assert json.loads((tmp_path / "val.json").read_text())["miou"] == _metrics(auto)[-1]["miou"]
 
     # a resumed run computes as it began, whatever a new measurement would say
@@ -209,6 +206,17 @@ def test_auto_precision_on_a_bf16_cpu_measures_trains_in_the_faster_and_resumes_
         assert main(["train", "--resume", str(auto), "train.epochs=3"]) == 0
     assert "precision auto" not in caplog.text
     assert load_checkpoint(auto / "last.pt")["precision"] == "fp32"
+
+    # where bf16 wins, the run trains in it, and `semseg val` of its checkpoint evaluates in it too
+    faster_bf16 = tmp_path / "bf16"
+    _as_on_a_bf16_cpu(monkeypatch, {"fp32": 2.0, "bf16": 1.0})
+    assert _train(faster_bf16, tiny_camvid, "train.epochs=2", "train.precision=auto") == 0
+    assert load_checkpoint(faster_bf16 / "last.pt")["precision"] == "bf16"
+    caplog.clear()
+    with caplog.at_level("INFO", logger="semseg.engine.evaluate"):
+        assert main(["val", "--checkpoint", str(faster_bf16 / "last.pt"), "--json", str(tmp_path / "val16.json")]) == 0
+    assert "evaluating in bf16: the precision last.pt chose" in caplog.text
+    assert json.loads((tmp_path / "val16.json").read_text())["miou"] == _metrics(faster_bf16)[-1]["miou"]
 
 
 @pytest.mark.slow  # inductor compiles LR-ASPP's forward and backward: minutes on two cores

@@ -276,27 +276,15 @@ def test_auto_precision_agrees_with_fp32():
     np.testing.assert_allclose(auto, fp32, atol=2e-2 if resolve_precision("auto", torch.device("cpu")) == "bf16" else 1e-5)
 
 
-@pytest.mark.parametrize("faster", ["fp32", "bf16"])
-def test_auto_precision_on_a_bf16_cpu_measures_the_model_once_on_its_first_batch(monkeypatch, caplog, faster):
-    measured = []
-
-    def timings(run, precisions=("fp32", "bf16"), rounds=2):
-        for precision in precisions:
-            run(precision)
-            measured.append(precision)
-        return {precision: 1.0 if precision == faster else 2.0 for precision in precisions}
-
+def test_auto_precision_predicts_in_fp32_even_on_a_cpu_with_native_bf16(monkeypatch):
+    # bf16 is not faster for every model on such a CPU, and a choice made by timing could change labels
+    # between runs: prediction stays fp32 under auto there (training measures: tests/test_engine.py)
     monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(precision_module, "time_precisions", timings)
     image = rgb(40, 56)
     predictor = Predictor(ToySeg(), precision="auto")
-    with caplog.at_level("DEBUG", logger="semseg.runtime.precision"):
-        first, second = predictor.predict_proba(image), predictor.predict_proba(image)
-    assert predictor.precision == faster and measured == ["fp32", "bf16"]  # measured once, not per image
-    assert f"precision auto: {faster}, the faster on this CPU" in caplog.text
-    np.testing.assert_array_equal(first, second)
-    fp32 = Predictor(ToySeg(), precision="fp32").predict_proba(image)
-    np.testing.assert_allclose(first, fp32, atol=2e-2 if faster == "bf16" else 1e-5)
+    assert predictor.precision == "fp32" and predictor.channels_last
+    np.testing.assert_allclose(predictor.predict_proba(image), Predictor(ToySeg(), precision="fp32").predict_proba(image),
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,6 @@ from semseg.reports.gallery import Frame, FramePicker, GalleryRow, frame_iou, ga
 from semseg.reports.report import ReportInputs, write_report
 from semseg.runtime.precision import (
     autocast,
-    faster_inference_precision,
     measures_precision,
     resolve_device,
     resolve_precision,
@@ -202,6 +201,11 @@ def evaluate_checkpoint(
     meta = model.pretrained_cfg
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
+    if measures_precision(cfg.train.precision, device):
+        # the precision the run measured and validated in: the same number as its training logged
+        precision = state.get("precision") or precision
+        log.info("evaluating in %s: the precision %s chose for this model (train.precision=auto on a CPU with "
+                 "native bf16; train.precision=fp32 or bf16 overrides it)", precision, checkpoint.name)
     channels_last = use_channels_last(cfg.train.channels_last, device)
     model.to(device)
     if channels_last:
@@ -212,11 +216,6 @@ def evaluate_checkpoint(
             f"{checkpoint}: the model predicts {meta.num_classes} classes but the {cfg.data.format} "
             f"dataset at {cfg.data.root} has {dataset.info.num_classes}"
         )
-    if measures_precision(cfg.train.precision, device) and len(dataset):
-        first = dataset[0][0][None]  # the first frame, as the loader gives it
-        model.eval()
-        precision = faster_inference_precision(
-            model, first.contiguous(memory_format=torch.channels_last) if channels_last else first)
     for_report = FramePicker(len(dataset), cfg.train.gallery_frames if report_dir else 0)
     for_examples = FramePicker(len(dataset), save_examples)
     boundary = BoundaryIoU(meta.num_classes, cfg.data.ignore_index)

@@ -33,7 +33,7 @@ from semseg.predict.backends import (
 from semseg.predict.images import normalize, to_chw
 from semseg.runtime.cache import CONVERTER_VERSION, cache_key, entry_paths, read_entry, state_dict_digest, write_record
 from semseg.runtime.convert import export_onnx, fixed_size_only
-from semseg.runtime.precision import autocast, faster_inference_precision, measures_precision, resolve_precision
+from semseg.runtime.precision import autocast, resolve_precision
 
 TIMING_SIZE = (360, 480)  # CamVid's frame size: where the engines are timed against each other
 log = logging.getLogger(__name__)
@@ -141,10 +141,9 @@ def time_engines(
     """
     device = torch.device("cpu")
     layout = torch.contiguous_format if precision == "fp32" else torch.channels_last  # as the Predictor's
+    precision = resolve_precision(precision, device)
     model = model.eval().cpu().to(memory_format=layout)
     torch_input = image.contiguous(memory_format=layout)
-    measure = measures_precision(precision, device)
-    precision = faster_inference_precision(model, torch_input) if measure else resolve_precision(precision, device)
 
     def run_torch() -> None:
         with torch.inference_mode(), autocast(precision, device):

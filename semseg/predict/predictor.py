@@ -50,13 +50,7 @@ from semseg.predict.prediction import (
     WHOLE_MAX_PIXELS, Prediction, check_batch_size, check_mean_std, label_dtype, output_palette, tta_on,
 )
 from semseg.predict.tiling import BLENDS, check_window, slide_window, slide_window_bands
-from semseg.runtime.precision import (
-    autocast,
-    faster_inference_precision,
-    measures_precision,
-    resolve_device,
-    resolve_precision,
-)
+from semseg.runtime.precision import autocast, resolve_device, resolve_precision
 
 MODES = ("whole", "slide")
 # tiles of that automatic slide mode when the predictor has none (--crop) and the model names no input size
@@ -211,7 +205,6 @@ class Predictor:
         if isinstance(model, nn.Module):
             self.device = resolve_device(device)
             self.precision = resolve_precision(precision, self.device)
-            self._precision_unmeasured = measures_precision(precision, self.device)  # measured on the first batch
             # channels_last speeds up oneDNN/cuDNN convolutions but sums in another order:
             # the explicit fp32 setting keeps the default layout to match the plain recipe bit for bit.
             self.channels_last = precision != "fp32"
@@ -221,7 +214,6 @@ class Predictor:
             if precision not in ("auto", "fp32"):
                 raise SemsegError(f"precision {precision!r} applies to PyTorch models only; an ONNX model runs as exported")
             self.device, self.precision, self.channels_last = torch.device("cpu"), "fp32", False
-            self._precision_unmeasured = False
 
     # -------------------------------------------------------------- compute
     def forward(self, images: Tensor) -> Tensor:
@@ -229,12 +221,10 @@ class Predictor:
         images = images.to(self.device)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        run = self.model if self.fixed is None else lambda x: run_padded(self.model, x, self.fixed)
-        if self._precision_unmeasured:
-            self.precision = faster_inference_precision(run, images)
-            self._precision_unmeasured = False
         with torch.inference_mode(), autocast(self.precision, self.device):
-            return run(images).float()
+            if self.fixed is not None:
+                return run_padded(self.model, images, self.fixed).float()
+            return self.model(images).float()
 
     def preprocess(self, images: Tensor) -> Tensor:
         """uint8 ``[N, 3, h, w]`` -> normalized float32 on the device (uploaded as uint8: 4x less to copy)."""

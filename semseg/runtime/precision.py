@@ -7,9 +7,12 @@ device type. Even with AMX, bf16 is not faster for every model on a CPU: oneDNN'
 bf16 depthwise convolutions, and the casts around a small network's many cheap
 layers, can cost more than they save (MobileNetV3's LR-ASPP trains slower in bf16
 than in fp32 on such a CPU, while ResNet and SegFormer models train 1.6-2.5x faster:
-BENCHMARKS.md, "bf16 on a CPU with AMX"). So training measures both on its own model
-(:func:`time_precisions`) where the CPU has native bf16, and inference measures a
-forward pass (:func:`faster_inference_precision`): :func:`measures_precision` says when.
+BENCHMARKS.md, "bf16 on a CPU with AMX"). So on a CPU ``auto`` resolves to fp32, and
+training, where the gain is largest and the choice is made once per run and kept in its
+checkpoints, measures both on its own model (:func:`measures_precision`,
+:func:`time_precisions`, :func:`faster_precision`). Inference on a CPU stays fp32 under
+``auto``: a choice made by timing could differ from one run to the next near a tie, and
+bf16 changes some labels, so the same command would not always give the same labels.
 """
 
 from __future__ import annotations
@@ -49,12 +52,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """Map ``auto`` to ``bf16`` or ``fp32`` for this device; check the explicit choices."""
-    if precision == "auto":
-        native_bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()) or (
-            device.type == "cpu" and cpu_has_bf16()
-        )
-        return "bf16" if native_bf16 else "fp32"
+    """Map ``auto`` to ``bf16`` (CUDA with bf16) or ``fp32`` (elsewhere, CPUs included); check the explicit choices."""
+    if precision == "auto":  # on a CPU, training may choose bf16 by measuring: measures_precision
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise SemsegError("precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
     if precision not in ("fp32", "bf16", "fp16"):
@@ -63,8 +63,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def measures_precision(precision: str, device: torch.device) -> bool:
-    """Whether ``precision`` is ``auto`` on a CPU with native bf16: there the model's own timing chooses
-    between bf16 and fp32 (on CUDA, bf16 is the faster for every model here)."""
+    """Whether training with ``precision`` is ``auto`` on a CPU with native bf16: there the model's own
+    training step, timed, chooses between bf16 and fp32 (on CUDA, bf16 is the faster for every model here)."""
     return precision == "auto" and device.type == "cpu" and cpu_has_bf16()
 
 
@@ -85,7 +85,7 @@ def time_precisions(run: Callable[[str], object], precisions: Sequence[str] = ("
 
 
 # bf16 is chosen only when it beats fp32 by this factor: a closer race is within a few timed calls' noise,
-# and fp32 keeps the model's own numbers (the same labels on every run)
+# and fp32 keeps the model's own numbers
 BF16_MARGIN = 1.1
 
 
@@ -93,22 +93,6 @@ def faster_precision(seconds: dict[str, float]) -> str:
     """``bf16`` where ``seconds`` (from :func:`time_precisions`) has it :data:`BF16_MARGIN` times faster than
     ``fp32``, else ``fp32``."""
     return "bf16" if seconds["bf16"] * BF16_MARGIN < seconds["fp32"] else "fp32"
-
-
-def faster_inference_precision(model: Callable[[torch.Tensor], object], images: torch.Tensor) -> str:
-    """``bf16`` or ``fp32``, whichever runs ``model(images)`` (inference, on the CPU) faster here; logged."""
-    device = torch.device("cpu")
-
-    def run(precision: str) -> None:
-        with torch.inference_mode(), autocast(precision, device):
-            model(images)
-
-    seconds = time_precisions(run, rounds=1)
-    chosen = faster_precision(seconds)
-    log.debug("precision auto: %s, the faster on this CPU (native bf16) for this model: a forward pass of %s "
-             "took %s", chosen, "x".join(str(n) for n in images.shape),
-             ", ".join(f"{seconds[name]:.3f} s in {name}" for name in seconds))
-    return chosen
 
 
 def autocast(precision: str, device: torch.device) -> ContextManager:
