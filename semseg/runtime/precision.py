@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import shutil
 import time
@@ -28,8 +27,6 @@ from typing import Callable, ContextManager, Sequence
 import torch
 
 from semseg.errors import SemsegError
-
-log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=None)
