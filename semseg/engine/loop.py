@@ -1,7 +1,7 @@
 """The training loop as plain functions: :func:`fit` -> :func:`train_one_epoch`, then validate, log, checkpoint.
 
-A batch's forward and loss are :mod:`semseg.engine.step`'s. Epoch lines and stop reasons go to this module's logger; progress
-within an epoch to :mod:`semseg.progress`.
+A batch's forward and loss are :mod:`semseg.engine.step`'s. Epoch lines and stop reasons go
+to this module's logger; progress within an epoch to :mod:`semseg.progress`.
 """
 
 from __future__ import annotations
