@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from semseg.checkpoint import load_checkpoint
-from semseg.io import read_image, read_label_map
+from semseg.io import list_images, read_image, read_label_map
 from semseg.losses.weights import logit_adjustment
 from semseg.metrics import ConfusionMatrix
 from semseg.models import load_model
@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("frames", help="folder of images")
-    parser.add_argument("labels", help="folder of label maps of the same names")
+    parser.add_argument("labels", help="folder of PNG label maps of the frames' names")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     parser.add_argument("--ignore-index", type=int, default=11)
     parser.add_argument("--tta-scales", type=float, nargs="+", default=None, help="predict with flip + these scales")
@@ -39,7 +39,7 @@ def main() -> None:
     if not weights:
         raise SystemExit(f"{args.checkpoint}: trained without class weights; nothing to adjust")
     model = load_model(args.checkpoint)
-    frames = sorted(Path(args.frames).glob("*.png"))
+    frames = list_images(args.frames)
     names = model.pretrained_cfg.class_names
     print(f"{len(frames)} frames; class weights {[round(w, 2) for w in weights]}; TTA scales {args.tta_scales}")
     for alpha in args.alphas:
@@ -47,7 +47,7 @@ def main() -> None:
         predictor = Predictor(model, precision="fp32", tta=bool(args.tta_scales), scales=args.tta_scales)
         matrix = ConfusionMatrix(len(weights), ignore_index=args.ignore_index)
         for frame in frames:
-            truth = read_label_map(Path(args.labels) / frame.name)
+            truth = read_label_map(Path(args.labels) / f"{frame.stem}.png")
             matrix.update(torch.from_numpy(predictor.predict(read_image(frame)).labels.astype(np.int64)),
                           torch.from_numpy(truth.astype(np.int64)))
         scores = matrix.compute()

@@ -43,6 +43,7 @@ VARIANTS: dict[str, tuple[list[str], int]] = {
     "ema_crop288": ([CROP_288, *EMA], STEPS_288),
     "ema_crop360": ([CROP_360, *EMA], STEPS_360),
     "ddrnet_crop288": ([CROP_288, "model.name=ddrnet_23_slim"], STEPS_288),
+    "bright04_crop360": ([CROP_360, "data.brightness=0.4"], STEPS_360),
 }
 # training frames of each holdout (train+val less the held-out sequence); batch 8 with drop_last
 FOLDS = {"0006R0": 367, "0001TP": 406}
@@ -54,6 +55,7 @@ def run_name(variant: str, fold: str, seed: int) -> str:
 
 def command(args: argparse.Namespace, variant: str, fold: str, seed: int) -> list[str]:
     overrides, steps = VARIANTS[variant]
+    steps = args.steps or steps
     epochs = max(1, round(steps / (FOLDS[fold] // 8)))
     return [sys.executable, "-m", "semseg", "train", "--config", "camvid", "--run-dir",
             str(args.out / run_name(variant, fold, seed)), f"data.root={args.root}", "data.train_split=train+val",
@@ -106,6 +108,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--concurrent", type=int, default=1, help="runs at a time")
     parser.add_argument("--workers", type=int, default=2, help="data.workers of each run")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps of every run (default: each variant's CPU budget above)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--minutes", type=float, default=1e9, help="stop every run after this many minutes")
     parser.add_argument("--summarize", action="store_true", help="only summarize the runs already in --out")

@@ -101,6 +101,8 @@ def test_bare_on_and_off_are_the_words_not_booleans(tmp_path):
         (["train.class_weights=inverse"], None, "expected median_freq, sqrt_median_freq, enet"),
         (["data.crop_size=[0, 10]"], None, "data.crop_size"),
         (["data.scale_range=[2.0, 0.5]"], None, "data.scale_range"),
+        (["data.brightness=1.5"], None, "'data.brightness': expected a number in \\[0, 1\\)"),
+        (["data.brightness=-0.1"], None, "'data.brightness'"),
         (["train.batch_size=0"], None, "train.batch_size"),
         (["train.freeze_encoder_epochs=10", "train.epochs=5"], None, "freeze_encoder_epochs"),
         (["model.bn_momentum=0"], None, "model.bn_momentum"),

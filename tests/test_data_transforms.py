@@ -80,6 +80,19 @@ def cfg_for(**kw) -> DataConfig:
     return DataConfig(**kw)
 
 
+@pytest.mark.parametrize("brightness", [0.125, 0.4])
+def test_photometric_brightness_follows_the_config(brightness):
+    preset = train_transform(cfg_for(brightness=brightness))
+    jitters = [t for t in _walk(preset) if isinstance(t, v2.ColorJitter) and t.brightness is not None]
+    assert [tuple(j.brightness) for j in jitters] == [pytest.approx((1 - brightness, 1 + brightness))]
+
+
+def _walk(transform):
+    yield transform
+    for child in getattr(transform, "transforms", []):
+        yield from _walk(child)
+
+
 def test_train_preset_output_types_and_padding():
     cfg = cfg_for(crop_size=[40, 50], scale_range=[1.0, 1.0], photometric=False, hflip=False)
     image, mask = train_transform(cfg)(*sample(stripes(20, 30)))

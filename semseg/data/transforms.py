@@ -120,15 +120,16 @@ class RandomHue(v2.Transform):
         return tv_tensors.wrap(F.pil_to_tensor(shifted), like=inpt)
 
 
-def photometric_distortion() -> v2.Transform:
-    """mmsegmentation's PhotoMetricDistortion with torchvision ops: brightness (about +-32/255),
+def photometric_distortion(brightness: float = 0.125) -> v2.Transform:
+    """mmsegmentation's PhotoMetricDistortion with torchvision ops: brightness (a factor in
+    [1 - brightness, 1 + brightness]; the default 0.125 is about mmsegmentation's +-32/255),
     contrast and saturation (x0.5..1.5) and hue (+-18 of 180 degrees), each with probability 1/2.
 
     v2.RandomPhotometricDistort would be the one-liner, but it also permutes the colour
     channels, which turns a blue sky red: a change of meaning for scene classes.
     """
     return v2.Compose([
-        v2.RandomApply([v2.ColorJitter(brightness=0.125)], p=0.5),
+        v2.RandomApply([v2.ColorJitter(brightness=brightness)], p=0.5),
         v2.RandomApply([v2.ColorJitter(contrast=0.5)], p=0.5),
         v2.RandomApply([v2.ColorJitter(saturation=0.5)], p=0.5),
         v2.RandomApply([RandomHue(0.1)], p=0.5),
@@ -156,7 +157,7 @@ def train_transform(cfg: DataConfig) -> Callable:
     if cfg.hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if cfg.photometric:
-        steps.append(photometric_distortion())
+        steps.append(photometric_distortion(cfg.brightness))
     return v2.Compose(steps + _to_normalized_tensors(cfg))
 
 
