@@ -10,6 +10,11 @@ wins within the hour. The budgets come from measurements on that CPU:
 - LR-ASPP at 288x384 crops: 2370 steps (the shipped run: 40.5 epochs of 468 frames, batch 8, 2 threads)
 - 360x480 crops: 1.6x the CPU time per step (BENCHMARKS.md), so 2370 / 1.6 steps
 - DDRNet-23-slim: about LR-ASPP's time per step (BENCHMARKS.md, real-time table)
+- OHEM cross-entropy: its hard-pixel selection costs about 1.08x per step at 360x480 (one thread, 23 epochs in
+  the hour against 25 on 0006R0, 22 against 23 on 0001TP: BENCHMARKS.md, "OHEM cross-entropy on both folds")
+
+`--steps` gives every variant the same number of steps instead (what the brightness sweep did, where the
+variants cost the same per step).
 
 Runs go through a pool of concurrent processes; each run's metrics.jsonl is read
 at the end and summarized (last epoch, and the mean over the last 15% of the
@@ -44,6 +49,8 @@ VARIANTS: dict[str, tuple[list[str], int]] = {
     "ema_crop360": ([CROP_360, *EMA], STEPS_360),
     "ddrnet_crop288": ([CROP_288, "model.name=ddrnet_23_slim"], STEPS_288),
     "bright04_crop360": ([CROP_360, "data.brightness=0.4"], STEPS_360),
+    # the recipe now (camvid.yaml has data.brightness 0.4) with OHEM, at its equal-time budget
+    "ohem_crop360": ([CROP_360, "train.loss=ohem"], round(STEPS_360 / 1.08)),
 }
 # training frames of each holdout (train+val less the held-out sequence); batch 8 with drop_last
 FOLDS = {"0006R0": 367, "0001TP": 406}
