@@ -51,6 +51,8 @@ VARIANTS: dict[str, tuple[list[str], int]] = {
     "bright04_crop360": ([CROP_360, "data.brightness=0.4"], STEPS_360),
     # the recipe now (camvid.yaml has data.brightness 0.4) with OHEM, at its equal-time budget
     "ohem_crop360": ([CROP_360, "train.loss=ohem"], round(STEPS_360 / 1.08)),
+    # the recipe now with mmsegmentation's and torchvision references' scale range (the resize is a small part of a step)
+    "scale2_crop360": ([CROP_360, "data.scale_range=[0.5,2.0]"], STEPS_360),
 }
 # training frames of each holdout (train+val less the held-out sequence); batch 8 with drop_last
 FOLDS = {"0006R0": 367, "0001TP": 406}
