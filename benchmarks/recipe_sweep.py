@@ -49,6 +49,9 @@ VARIANTS: dict[str, tuple[list[str], int]] = {
     "ema_crop360": ([CROP_360, *EMA], STEPS_360),
     "ddrnet_crop288": ([CROP_288, "model.name=ddrnet_23_slim"], STEPS_288),
     "bright04_crop360": ([CROP_360, "data.brightness=0.4"], STEPS_360),
+    # camvid.yaml has had data.brightness 0.4 since the sweep above, so crop360 now equals bright04_crop360;
+    # this is the other side of that sweep, the brightness before it
+    "bright0125_crop360": ([CROP_360, "data.brightness=0.125"], STEPS_360),
     # the recipe now (camvid.yaml has data.brightness 0.4) with OHEM, at its equal-time budget
     "ohem_crop360": ([CROP_360, "train.loss=ohem"], round(STEPS_360 / 1.08)),
     # the recipe now with mmsegmentation's and torchvision references' scale range (the resize is a small part of a step)
