@@ -12,6 +12,7 @@ wins within the hour. The budgets come from measurements on that CPU:
 - DDRNet-23-slim: about LR-ASPP's time per step (BENCHMARKS.md, real-time table)
 - OHEM cross-entropy: its hard-pixel selection costs about 1.08x per step at 360x480 (one thread, 23 epochs in
   the hour against 25 on 0006R0, 22 against 23 on 0001TP: BENCHMARKS.md, "OHEM cross-entropy on both folds")
+- batch 4: the CPU's time per image is the same at batch 4 and 8 (one thread, 360x480), so twice the steps
 
 `--steps` gives every variant the same number of steps instead (what the brightness sweep did, where the
 variants cost the same per step).
@@ -56,9 +57,18 @@ VARIANTS: dict[str, tuple[list[str], int]] = {
     "ohem_crop360": ([CROP_360, "train.loss=ohem"], round(STEPS_360 / 1.08)),
     # the recipe now with mmsegmentation's and torchvision references' scale range (the resize is a small part of a step)
     "scale2_crop360": ([CROP_360, "data.scale_range=[0.5,2.0]"], STEPS_360),
+    # the recipe now at batch 4: twice the optimizer steps over the same images, at the same learning rate
+    "batch4_crop360": ([CROP_360, "train.batch_size=4"], 2 * STEPS_360),
 }
-# training frames of each holdout (train+val less the held-out sequence); batch 8 with drop_last
+# training frames of each holdout (train+val less the held-out sequence); batches drop_last
 FOLDS = {"0006R0": 367, "0001TP": 406}
+RECIPE_BATCH_SIZE = 8
+
+
+def batch_size(overrides: list[str]) -> int:
+    """The batch size a variant trains with: its train.batch_size override, else the recipe's."""
+    sizes = [int(item.split("=", 1)[1]) for item in overrides if item.startswith("train.batch_size=")]
+    return sizes[-1] if sizes else RECIPE_BATCH_SIZE
 
 
 def run_name(variant: str, fold: str, seed: int) -> str:
@@ -68,7 +78,7 @@ def run_name(variant: str, fold: str, seed: int) -> str:
 def command(args: argparse.Namespace, variant: str, fold: str, seed: int) -> list[str]:
     overrides, steps = VARIANTS[variant]
     steps = args.steps or steps
-    epochs = max(1, round(steps / (FOLDS[fold] // 8)))
+    epochs = max(1, round(steps / (FOLDS[fold] // batch_size(overrides))))
     return [sys.executable, "-m", "semseg", "train", "--config", "camvid", "--run-dir",
             str(args.out / run_name(variant, fold, seed)), f"data.root={args.root}", "data.train_split=train+val",
             f"data.val_split=groups:{fold}", "train.time_limit_minutes=null", f"train.epochs={epochs}",
