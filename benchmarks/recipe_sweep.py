@@ -14,7 +14,11 @@ wins within the hour. The budgets come from measurements on that CPU:
   the hour against 25 on 0006R0, 22 against 23 on 0001TP: BENCHMARKS.md, "OHEM cross-entropy on both folds")
 - batch 4: the CPU's time per image is the same at batch 4 and 8 (one thread, 360x480), so twice the steps
 
-`--steps` gives every variant the same number of steps instead (what the brightness sweep did, where the
+The budgets are therefore counted in steps of 8 images (the batch of every sweep before configs/camvid.yaml
+took batch 4): a run at batch B gets the same images in 8 / B times the steps. The variants that repeat a
+recorded sweep pin batch 8, so they train as they did then; `batch4_crop360` is the recipe now.
+
+`--steps` gives every variant the same budget (in steps of 8 images) instead (what the brightness sweep did, where the
 variants cost the same per step).
 
 Runs go through a pool of concurrent processes; each run's metrics.jsonl is read
@@ -38,37 +42,47 @@ from pathlib import Path
 
 import yaml
 
+from semseg.config import load_config
+
 STEPS_288 = 2370
 STEPS_360 = round(STEPS_288 / 1.6)
 # each variant names its crop size: configs/camvid.yaml moved from 288x384 to 360x480 crops after this sweep
 CROP_288, CROP_360 = "data.crop_size=[288,384]", "data.crop_size=[360,480]"
+# every sweep recorded in BENCHMARKS.md ran at batch 8, before configs/camvid.yaml took batch 4
+BATCH_8 = "train.batch_size=8"
 EMA = ["train.ema=true", "train.ema_decay=0.995"]
 VARIANTS: dict[str, tuple[list[str], int]] = {
-    "crop288": ([CROP_288], STEPS_288),
-    "crop360": ([CROP_360], STEPS_360),
-    "ema_crop288": ([CROP_288, *EMA], STEPS_288),
-    "ema_crop360": ([CROP_360, *EMA], STEPS_360),
-    "ddrnet_crop288": ([CROP_288, "model.name=ddrnet_23_slim"], STEPS_288),
-    "bright04_crop360": ([CROP_360, "data.brightness=0.4"], STEPS_360),
+    "crop288": ([CROP_288, BATCH_8], STEPS_288),
+    "crop360": ([CROP_360, BATCH_8], STEPS_360),
+    "ema_crop288": ([CROP_288, BATCH_8, *EMA], STEPS_288),
+    "ema_crop360": ([CROP_360, BATCH_8, *EMA], STEPS_360),
+    "ddrnet_crop288": ([CROP_288, BATCH_8, "model.name=ddrnet_23_slim"], STEPS_288),
+    "bright04_crop360": ([CROP_360, BATCH_8, "data.brightness=0.4"], STEPS_360),
     # camvid.yaml has had data.brightness 0.4 since the sweep above, so crop360 now equals bright04_crop360;
     # this is the other side of that sweep, the brightness before it
-    "bright0125_crop360": ([CROP_360, "data.brightness=0.125"], STEPS_360),
-    # the recipe now (camvid.yaml has data.brightness 0.4) with OHEM, at its equal-time budget
-    "ohem_crop360": ([CROP_360, "train.loss=ohem"], round(STEPS_360 / 1.08)),
-    # the recipe now with mmsegmentation's and torchvision references' scale range (the resize is a small part of a step)
-    "scale2_crop360": ([CROP_360, "data.scale_range=[0.5,2.0]"], STEPS_360),
-    # the recipe now at batch 4: twice the optimizer steps over the same images, at the same learning rate
-    "batch4_crop360": ([CROP_360, "train.batch_size=4"], 2 * STEPS_360),
+    "bright0125_crop360": ([CROP_360, BATCH_8, "data.brightness=0.125"], STEPS_360),
+    # the recipe at batch 8 (data.brightness 0.4) with OHEM, at its equal-time budget
+    "ohem_crop360": ([CROP_360, BATCH_8, "train.loss=ohem"], round(STEPS_360 / 1.08)),
+    # the recipe at batch 8 with mmsegmentation's and torchvision references' scale range (the resize is a small
+    # part of a step)
+    "scale2_crop360": ([CROP_360, BATCH_8, "data.scale_range=[0.5,2.0]"], STEPS_360),
+    # the recipe now (batch 4): twice crop360's optimizer steps over the same images, at the same learning rate
+    "batch4_crop360": ([CROP_360, "train.batch_size=4"], STEPS_360),
 }
 # training frames of each holdout (train+val less the held-out sequence); batches drop_last
 FOLDS = {"0006R0": 367, "0001TP": 406}
-RECIPE_BATCH_SIZE = 8
+BUDGET_BATCH = 8
 
 
 def batch_size(overrides: list[str]) -> int:
-    """The batch size a variant trains with: its train.batch_size override, else the recipe's."""
+    """The batch size a variant trains with: its train.batch_size override, else configs/camvid.yaml's."""
     sizes = [int(item.split("=", 1)[1]) for item in overrides if item.startswith("train.batch_size=")]
-    return sizes[-1] if sizes else RECIPE_BATCH_SIZE
+    return sizes[-1] if sizes else load_config("camvid").train.batch_size
+
+
+def epochs_for(steps_of_8: int, frames: int, batch: int) -> int:
+    """Epochs that give a run at ``batch`` the images of ``steps_of_8`` steps of 8 images (drop_last batches)."""
+    return max(1, round(steps_of_8 * BUDGET_BATCH / (batch * (frames // batch))))
 
 
 def run_name(variant: str, fold: str, seed: int) -> str:
@@ -78,7 +92,7 @@ def run_name(variant: str, fold: str, seed: int) -> str:
 def command(args: argparse.Namespace, variant: str, fold: str, seed: int) -> list[str]:
     overrides, steps = VARIANTS[variant]
     steps = args.steps or steps
-    epochs = max(1, round(steps / (FOLDS[fold] // batch_size(overrides))))
+    epochs = epochs_for(steps, FOLDS[fold], batch_size(overrides))
     return [sys.executable, "-m", "semseg", "train", "--config", "camvid", "--run-dir",
             str(args.out / run_name(variant, fold, seed)), f"data.root={args.root}", "data.train_split=train+val",
             f"data.val_split=groups:{fold}", "train.time_limit_minutes=null", f"train.epochs={epochs}",
@@ -131,7 +145,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=1, help="runs at a time")
     parser.add_argument("--workers", type=int, default=2, help="data.workers of each run")
     parser.add_argument("--steps", type=int, default=None,
-                        help="optimizer steps of every run (default: each variant's CPU budget above)")
+                        help="the budget of every run in steps of 8 images (default: each variant's CPU budget above)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--minutes", type=float, default=1e9, help="stop every run after this many minutes")
     parser.add_argument("--summarize", action="store_true", help="only summarize the runs already in --out")
