@@ -75,9 +75,8 @@ BUDGET_BATCH = 8
 
 
 def batch_size(overrides: list[str]) -> int:
-    """The batch size a variant trains with: its train.batch_size override, else configs/camvid.yaml's."""
-    sizes = [int(item.split("=", 1)[1]) for item in overrides if item.startswith("train.batch_size=")]
-    return sizes[-1] if sizes else load_config("camvid").train.batch_size
+    """The batch size a variant trains with: configs/camvid.yaml with its overrides, read as `semseg train` reads them."""
+    return load_config("camvid", overrides).train.batch_size
 
 
 def epochs_for(steps_of_8: int, frames: int, batch: int) -> int:
