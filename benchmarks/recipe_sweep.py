@@ -12,7 +12,7 @@ wins within the hour. The budgets come from measurements on that CPU:
 - DDRNet-23-slim: about LR-ASPP's time per step (BENCHMARKS.md, real-time table)
 - OHEM cross-entropy: its hard-pixel selection costs about 1.08x per step at 360x480 (one thread, 23 epochs in
   the hour against 25 on 0006R0, 22 against 23 on 0001TP: BENCHMARKS.md, "OHEM cross-entropy on both folds")
-- batch 4: the CPU's time per image is the same at batch 4 and 8 (one thread, 360x480), so twice the steps
+- batch 4 (and 2): the CPU's time per image is the same at batch 2, 4 and 8 (one thread, 360x480), so 2x (4x) the steps
 
 The budgets are therefore counted in steps of 8 images (the batch of every sweep before configs/camvid.yaml
 took batch 4): a run at batch B gets the same images in 8 / B times the steps. The variants that repeat a
@@ -68,6 +68,11 @@ VARIANTS: dict[str, tuple[list[str], int]] = {
     "scale2_crop360": ([CROP_360, BATCH_8, "data.scale_range=[0.5,2.0]"], STEPS_360),
     # the recipe now (batch 4): twice crop360's optimizer steps over the same images, at the same learning rate
     "batch4_crop360": ([CROP_360, "train.batch_size=4"], STEPS_360),
+    # the recipe at batch 2: twice batch 4's steps again, BatchNorm over 2 crops (what --processes 2 gives batch 4)
+    "batch2_crop360": ([CROP_360, "train.batch_size=2"], STEPS_360),
+    # the recipe's learning rate (0.002, chosen at batch 8) halved and doubled at batch 4
+    "lr001_batch4_crop360": ([CROP_360, "train.batch_size=4", "train.lr=0.001"], STEPS_360),
+    "lr004_batch4_crop360": ([CROP_360, "train.batch_size=4", "train.lr=0.004"], STEPS_360),
 }
 # training frames of each holdout (train+val less the held-out sequence); batches drop_last
 FOLDS = {"0006R0": 367, "0001TP": 406}
