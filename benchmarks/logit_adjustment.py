@@ -26,6 +26,29 @@ from semseg.models import load_model
 from semseg.predict import Predictor
 
 
+def score_alphas(model: torch.nn.Module, weights: list[float], frames_dir: str, labels_dir: str,
+                 alphas: list[float], tta_scales: list[float] | None = None, ignore_index: int = 11) -> list[str]:
+    """One line per alpha: mIoU, pixel accuracy, IoU per class and predicted / true pixels per class of
+    ``model`` on the frames of ``frames_dir`` against the label maps of the same names in ``labels_dir``."""
+    frames = list_images(frames_dir)
+    names = model.pretrained_cfg.class_names
+    lines = []
+    for alpha in alphas:
+        model.pretrained_cfg = replace(model.pretrained_cfg, logit_offset=logit_adjustment(weights, alpha))
+        predictor = Predictor(model, precision="fp32", tta=bool(tta_scales), scales=tta_scales)
+        matrix = ConfusionMatrix(len(weights), ignore_index=ignore_index)
+        for frame in frames:
+            truth = read_label_map(Path(labels_dir) / f"{frame.stem}.png")
+            matrix.update(torch.from_numpy(predictor.predict(read_image(frame)).labels.astype(np.int64)),
+                          torch.from_numpy(truth.astype(np.int64)))
+        scores = matrix.compute()
+        predicted_over_true = scores["pred_pixels"] / np.maximum(scores["gt_pixels"], 1)
+        lines.append(f"alpha {alpha:4.2f}  mIoU {100 * scores['miou']:5.2f}  pixel acc {100 * scores['pixel_acc']:5.1f}  "
+                     + " ".join(f"{n}:{100 * v:.0f}" for n, v in zip(names, scores["iou"]))
+                     + "  | predicted/true pixels " + " ".join(f"{r:.1f}" for r in predicted_over_true))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -39,23 +62,10 @@ def main() -> None:
     if not weights:
         raise SystemExit(f"{args.checkpoint}: trained without class weights; nothing to adjust")
     model = load_model(args.checkpoint)
-    frames = list_images(args.frames)
-    names = model.pretrained_cfg.class_names
-    print(f"{len(frames)} frames; class weights {[round(w, 2) for w in weights]}; TTA scales {args.tta_scales}")
-    for alpha in args.alphas:
-        model.pretrained_cfg = replace(model.pretrained_cfg, logit_offset=logit_adjustment(weights, alpha))
-        predictor = Predictor(model, precision="fp32", tta=bool(args.tta_scales), scales=args.tta_scales)
-        matrix = ConfusionMatrix(len(weights), ignore_index=args.ignore_index)
-        for frame in frames:
-            truth = read_label_map(Path(args.labels) / f"{frame.stem}.png")
-            matrix.update(torch.from_numpy(predictor.predict(read_image(frame)).labels.astype(np.int64)),
-                          torch.from_numpy(truth.astype(np.int64)))
-        scores = matrix.compute()
-        predicted_over_true = scores["pred_pixels"] / np.maximum(scores["gt_pixels"], 1)
-        print(f"alpha {alpha:4.2f}  mIoU {100 * scores['miou']:5.2f}  pixel acc {100 * scores['pixel_acc']:5.1f}  "
-              + " ".join(f"{n}:{100 * v:.0f}" for n, v in zip(names, scores["iou"]))
-              + "  | predicted/true pixels " + " ".join(f"{r:.1f}" for r in predicted_over_true))
-
+    print(f"{len(list_images(args.frames))} frames; class weights {[round(w, 2) for w in weights]}; "
+          f"TTA scales {args.tta_scales}")
+    for line in score_alphas(model, weights, args.frames, args.labels, args.alphas, args.tta_scales, args.ignore_index):
+        print(line)
 
 if __name__ == "__main__":
     main()
