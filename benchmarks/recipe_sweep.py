@@ -74,6 +74,8 @@ VARIANTS: dict[str, tuple[list[str], int]] = {
     # the recipe's learning rate (0.002, set at batch 8 and never swept) halved and doubled at batch 4
     "lr001_batch4_crop360": ([CROP_360, BATCH_4, "train.lr=0.001"], STEPS_360),
     "lr004_batch4_crop360": ([CROP_360, BATCH_4, "train.lr=0.004"], STEPS_360),
+    # the recipe at batch 4 with label smoothing 0.1 in its cross-entropy
+    "ls01_batch4_crop360": ([CROP_360, BATCH_4, "train.loss_kwargs={label_smoothing: 0.1}"], STEPS_360),
 }
 # training frames of each holdout (train+val less the held-out sequence); batches drop_last
 FOLDS = {"0006R0": 367, "0001TP": 406}
