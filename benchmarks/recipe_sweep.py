@@ -76,6 +76,8 @@ VARIANTS: dict[str, tuple[list[str], int]] = {
     "lr004_batch4_crop360": ([CROP_360, BATCH_4, "train.lr=0.004"], STEPS_360),
     # the recipe at batch 4 with label smoothing 0.1 in its cross-entropy
     "ls01_batch4_crop360": ([CROP_360, BATCH_4, "train.loss_kwargs={label_smoothing: 0.1}"], STEPS_360),
+    # the recipe at batch 4 with AdamW's weight decay 0.05 instead of 0.01
+    "wd005_batch4_crop360": ([CROP_360, BATCH_4, "train.weight_decay=0.05"], STEPS_360),
 }
 # training frames of each holdout (train+val less the held-out sequence); batches drop_last
 FOLDS = {"0006R0": 367, "0001TP": 406}
