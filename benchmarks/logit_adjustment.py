@@ -67,5 +67,6 @@ def main() -> None:
     for line in score_alphas(model, weights, args.frames, args.labels, args.alphas, args.tta_scales, args.ignore_index):
         print(line)
 
+
 if __name__ == "__main__":
     main()
