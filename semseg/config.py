@@ -30,7 +30,7 @@ class ModelConfig:
     name: str = "lraspp_mobilenet_v3_large"
     # False, True (the library's published weights, needs the network) or a weights file path
     pretrained: Union[bool, str] = False
-    # bn | gn (GroupNorm, for small batches) | syncbn (under DDP)
+    # bn | gn (GroupNorm, for small batches) | syncbn (under DDP: statistics over every process, CUDA or CPU)
     norm: Literal["bn", "gn", "syncbn"] = "bn"
     # momentum of every BatchNorm's running statistics (null: the architecture's own). torchvision's
     # MobileNetV3 uses 0.01, whose statistics lag far behind the weights in a short from-scratch run

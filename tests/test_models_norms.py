@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from timm.layers import BatchNormAct2d, GroupNormAct, SyncBatchNormAct
@@ -77,3 +79,84 @@ def test_bn_is_a_no_op_and_unknown_kinds_are_refused():
     assert convert_norm(model, "bn") is model and isinstance(model[0], nn.BatchNorm2d)
     with pytest.raises(SemsegError, match="unknown norm 'ln'"):
         convert_norm(model, "ln")
+
+
+# ---------------------------------------------------------------- cross-process BatchNorm (syncbn on the CPU)
+
+
+def _reference_and_inputs(layer_kind: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    if layer_kind == "bn":
+        layer: nn.Module = nn.BatchNorm2d(5, momentum=0.3)
+    else:
+        layer = BatchNormAct2d(5, act_layer=nn.ReLU, momentum=None)  # cumulative running average
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-1, 1)
+    # unequal shares (3 and 1 images, 2 of their 4 columns cropped), a large mean against a small spread
+    x = torch.randn(4, 5, 6, 4) * 0.1 + 30
+    upstream = torch.randn(4, 5, 6, 4)  # the gradient that reaches the layer's output
+    return layer, x, upstream
+
+
+def _cross_process_worker(rank: int, store_file: str, out_dir: str, layer_kind: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=2)
+    try:
+        layer, x, upstream = _reference_and_inputs(layer_kind)
+        share = slice(0, 3) if rank == 0 else slice(3, 4)
+        columns = slice(None) if rank == 0 else slice(0, 2)
+        layer = convert_norm(layer, "syncbn", "cpu").train()
+        x = x[share, ..., columns].clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+        for _ in range(2):  # twice: the running statistics' update is checked after two steps
+            out = layer(x)
+        (out * upstream[share, ..., columns]).sum().backward()
+        torch.save({"out": out.detach(), "x_grad": x.grad, "weight_grad": layer.weight.grad,
+                    "bias_grad": layer.bias.grad, "state": layer.state_dict(), "type": type(layer).__name__},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("layer_kind", ["bn", "timm_bn_act"])
+def test_cross_process_batch_norm_over_two_gloo_processes_equals_one_batch_norm_over_both_shares(tmp_path, layer_kind):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_cross_process_worker, args=(str(tmp_path / "store"), str(tmp_path), layer_kind), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["type"] for r in ranks] == ["CrossProcessBatchNorm"] * 2 if layer_kind == "bn" else \
+        ["CrossProcessBatchNormAct2d"] * 2
+    # the independent reference: PyTorch's BatchNorm in one process over the same pixels (rank 1's share
+    # has 2 of the 4 columns, so the reference sees every share's pixels flattened side by side)
+    layer, x, upstream = _reference_and_inputs(layer_kind)
+    layer.train()
+    def pixels(*tensors: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] shares -> [1, C, all their pixels, 1]
+        return torch.cat([t.transpose(0, 1).reshape(1, 5, -1) for t in tensors], dim=2).unsqueeze(-1)
+
+    flat = pixels(x[0:3], x[3:4, ..., 0:2]).requires_grad_()
+    for _ in range(2):
+        out = layer(flat)
+    (out * pixels(upstream[0:3], upstream[3:4, ..., 0:2])).sum().backward()
+    torch.testing.assert_close(pixels(ranks[0]["out"], ranks[1]["out"]), out.detach(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(pixels(ranks[0]["x_grad"], ranks[1]["x_grad"]), flat.grad, atol=1e-3, rtol=1e-3)
+    # parameter gradients: each rank holds its share's; DDP sums (then averages) them
+    torch.testing.assert_close(ranks[0]["weight_grad"] + ranks[1]["weight_grad"], layer.weight.grad, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(ranks[0]["bias_grad"] + ranks[1]["bias_grad"], layer.bias.grad, atol=1e-4, rtol=1e-4)
+    for rank in ranks:  # the same running statistics on both ranks, and BatchNorm's state-dict keys
+        assert rank["state"].keys() == layer.state_dict().keys()
+        for key, value in layer.state_dict().items():
+            torch.testing.assert_close(rank["state"][key], value, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_process_batch_norm_is_batch_norm_without_a_process_group():
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), BatchNormAct2d(4, act_layer=nn.ReLU))
+    converted = convert_norm(copy.deepcopy(reference), "syncbn", "cpu")
+    assert not any(type(m) in (nn.BatchNorm2d, BatchNormAct2d) for m in converted.modules())
+    x = torch.randn(2, 3, 8, 8)
+    for mode in ("train", "eval"):
+        getattr(reference, mode)(), getattr(converted, mode)()
+        torch.testing.assert_close(converted(x), reference(x))
+    torch.testing.assert_close(converted.state_dict(), reference.state_dict())
+    assert isinstance(converted[2].act, nn.ReLU)

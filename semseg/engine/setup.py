@@ -208,10 +208,8 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
     if dist.is_main and (warning := leakage_warning(cfg.data)):
         log.warning(warning)
     model = build_model(cfg, info.num_classes, info.class_names, info.palette)
-    if cfg.model.norm == "syncbn" and dist.enabled and device.type != "cuda":
-        raise SemsegError("model.norm=syncbn needs CUDA devices (PyTorch's SyncBatchNorm); use model.norm=gn on the CPU")
     if cfg.model.norm == "syncbn" and dist.enabled:
-        model = convert_norm(model, "syncbn")
+        model = convert_norm(model, "syncbn", device.type)
     channels_last = use_channels_last(cfg.train.channels_last, device)
     model.to(device)
     if channels_last:

@@ -1,12 +1,18 @@
 """Norm layers for small batches: BatchNorm -> GroupNorm (Wu & He, 2018, "Group Normalization"), or SyncBatchNorm.
 
 BatchNorm's statistics are noisy with 1-2 images per GPU; GroupNorm has none
-to estimate, SyncBatchNorm estimates them over every process of a DDP run.
+to estimate, SyncBatchNorm estimates them over every process of a DDP run:
+PyTorch's on CUDA, :class:`CrossProcessBatchNorm` on the CPU (gloo), where
+PyTorch's refuses to run.
 """
 
 from __future__ import annotations
 
-from torch import nn
+import functools
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from semseg.errors import SemsegError
@@ -51,14 +57,167 @@ def _to_group_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-def convert_norm(model: nn.Module, kind: str) -> nn.Module:
+def _synchronized(bn: _BatchNorm) -> bool:
+    return bn.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _CrossProcessBatchNormFunction(torch.autograd.Function):
+    """BatchNorm's training forward and backward with the statistics of every process's share of the batch.
+
+    Forward: each process's pixel count, mean and biased variance per channel (PyTorch's fused
+    BatchNorm kernel computes them) are gathered and combined with Chan et al.'s pairwise formula,
+    stable where E[x^2] - E[x]^2 is not; the normalization is the fused kernel again, with the global
+    statistics. Backward: with x_hat = (x - mean) * invstd and N the global pixel count,
+    dx = weight * invstd * (dy - (sum dy + x_hat * sum dy * x_hat) / N), the two sums taken over every
+    process (one all-reduce); PyTorch's fused eval-mode backward gives dy * weight * invstd and this
+    process's sums. The weight and bias gradients are this process's, as DDP expects (it averages them).
+    Written by hand because PyTorch's SyncBatchNorm kernels (batch_norm_stats, batch_norm_elemt, ...)
+    exist for CUDA only; letting autograd differentiate unfused statistics costs several passes per layer
+    (BENCHMARKS.md, "One process per core").
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        channels = x.shape[1]
+        # eps 0: invstd = 1 / sqrt(var), so var comes back exactly (a constant channel: invstd inf, var 0)
+        _, local_mean, local_invstd = torch.ops.aten.native_batch_norm(x, None, None, None, None, True, 0.0, 0.0)
+        local_var = local_invstd.pow(-2)
+        row = torch.cat([local_mean.new_full((1,), x.numel() // channels), local_mean, local_var])
+        rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
+        dist.all_gather(rows, row)
+        stacked = torch.stack(rows)
+        counts, means, variances = stacked[:, :1], stacked[:, 1:1 + channels], stacked[:, 1 + channels:]
+        total = counts.sum()
+        mean = (counts * means).sum(0) / total
+        var = (counts * (variances + (means - mean) ** 2)).sum(0) / total
+        out = torch.nn.functional.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.eps, ctx.total = eps, total
+        unbiased_var = var * total / (total - 1).clamp(min=1)
+        ctx.mark_non_differentiable(mean, unbiased_var)
+        return out, mean, unbiased_var
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, _grad_mean: Tensor, _grad_var: Tensor):  # type: ignore[override]
+        x, weight, mean, var = ctx.saved_tensors
+        grad_in, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_out.contiguous(memory_format=_memory_format(x)), x, weight, mean, var, None, None, False, ctx.eps,
+            [True, True, True])
+        sums = torch.cat([grad_bias, grad_weight])  # sum dy, sum dy * x_hat: this process's
+        dist.all_reduce(sums)
+        channels = x.shape[1]
+        invstd = torch.rsqrt(var + ctx.eps)
+        per_pixel = weight * invstd / ctx.total
+        slope = per_pixel * invstd * sums[channels:]  # times x
+        offset = per_pixel * sums[:channels] - mean * slope
+        shape = (1, channels) + (1,) * (x.dim() - 2)
+        grad_in = grad_in - (x * slope.view(shape) + offset.view(shape))
+        return grad_in, grad_weight, grad_bias, None
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def cross_process_batch_norm(bn: _BatchNorm, x: Tensor) -> Tensor:
+    """``bn`` in training mode with the statistics of the whole global batch, i.e. of ``x`` on every process.
+
+    The gradients equal one process's BatchNorm over the concatenated batch; the running statistics are
+    updated as BatchNorm does (unbiased variance, ``momentum`` or a cumulative average). Every process must
+    call it the same number of times, with a non-empty ``x``. Statistics are float32 for float16 / bfloat16
+    input; the output has the input's dtype.
+    """
+    x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    ones = bn.weight if bn.weight is not None else x32.new_ones(x.shape[1])
+    zeros = bn.bias if bn.bias is not None else x32.new_zeros(x.shape[1])
+    out, mean, unbiased_var = _CrossProcessBatchNormFunction.apply(x32, ones, zeros, bn.eps)
+    if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+            bn.running_var.lerp_(unbiased_var.to(bn.running_var.dtype), factor)
+    return out.to(x.dtype)
+
+
+class CrossProcessBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics span every process of a DDP run, over any backend (gloo on the CPU).
+
+    PyTorch's ``nn.SyncBatchNorm`` raises on CPU tensors (torch 2.x: "expected input tensor to be on GPU"), so
+    a CPU DDP run otherwise normalizes over its own share of the global batch. Outside training, or without
+    a process group of 2+, it is plain BatchNorm; its state dict is BatchNorm's.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        if _synchronized(self):
+            return cross_process_batch_norm(self, input)
+        return super().forward(input)
+
+
+def _cross_process_like(bn: _BatchNorm) -> nn.Module:
+    """A :class:`CrossProcessBatchNorm` sharing ``bn``'s parameters and buffers; timm's BatchNormAct2d keeps its
+    activation."""
+    from timm.layers import BatchNormAct2d
+
+    if isinstance(bn, BatchNormAct2d):
+        converted: _BatchNorm = _cross_process_norm_act_class()(bn.num_features, eps=bn.eps, momentum=bn.momentum,
+                                                                affine=bn.affine,
+                                                                track_running_stats=bn.track_running_stats,
+                                                                apply_act=False)
+        converted.act, converted.drop = bn.act, bn.drop
+    else:
+        converted = CrossProcessBatchNorm(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                                          track_running_stats=bn.track_running_stats)
+    # the same Parameter and buffer objects: trained values, device and dtype carry over
+    for name in ("weight", "bias"):
+        setattr(converted, name, getattr(bn, name))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        converted.register_buffer(name, getattr(bn, name))
+    converted.train(bn.training)
+    return converted
+
+
+@functools.cache
+def _cross_process_norm_act_class() -> type:
+    """timm's BatchNormAct2d (BatchNorm + activation in one layer) with cross-process statistics in training;
+    defined on first use so that importing semseg.models does not import timm."""
+    from timm.layers import BatchNormAct2d
+
+    class CrossProcessBatchNormAct2d(BatchNormAct2d):
+        def forward(self, x: Tensor) -> Tensor:
+            if not _synchronized(self):
+                return super().forward(x)
+            return self.act(self.drop(cross_process_batch_norm(self, x)))
+
+    return CrossProcessBatchNormAct2d
+
+
+def _to_cross_process(module: nn.Module) -> nn.Module:
+    if isinstance(module, _BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+        return _cross_process_like(module)
+    for name, child in module.named_children():
+        converted = _to_cross_process(child)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
+
+
+def convert_norm(model: nn.Module, kind: str, device_type: str = "cuda") -> nn.Module:
     """Convert every BatchNorm of ``model`` in place (the root too, when it is one); returns the model.
 
     ``kind``: ``"bn"`` (nothing to do), ``"gn"`` (GroupNorm, :func:`group_count`
     groups, affine parameters kept, running statistics dropped) or
-    ``"syncbn"`` (SyncBatchNorm, for DDP). A zoo model converted to GroupNorm
-    records ``norm="gn"`` in ``model_kwargs``, so :func:`load_model` rebuilds it
-    with GroupNorm; SyncBatchNorm holds the same weights as BatchNorm and is not recorded.
+    ``"syncbn"`` (statistics over every DDP process: PyTorch's SyncBatchNorm when
+    ``device_type`` is ``"cuda"``, :class:`CrossProcessBatchNorm` otherwise). A zoo
+    model converted to GroupNorm records ``norm="gn"`` in ``model_kwargs``, so
+    :func:`load_model` rebuilds it with GroupNorm; synchronized BatchNorm holds the
+    same weights as BatchNorm and is not recorded.
     """
     if kind == "bn":
         return model
@@ -67,6 +226,8 @@ def convert_norm(model: nn.Module, kind: str) -> nn.Module:
         if hasattr(converted, "model_kwargs"):
             converted.model_kwargs["norm"] = "gn"
         return converted
+    if kind == "syncbn" and device_type != "cuda":
+        return _to_cross_process(model)
     if kind == "syncbn":
         # timm's converter, not nn.SyncBatchNorm.convert_sync_batchnorm: torch's turns timm's
         # BatchNormAct2d (BatchNorm + activation in one layer) into a plain SyncBatchNorm and
