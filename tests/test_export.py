@@ -217,6 +217,12 @@ def test_small_zoo_models_export_with_parity(name, tmp_path):
     _export_zoo_model(name, tmp_path, dynamic=True)
 
 
+def test_lraspp_with_a_stride_4_low_level_branch_exports_with_parity(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", 3, low_level_stride=4)
+    assert export_checked(model, tmp_path / "s4.onnx", (64, 96), dynamic=True)["agreement"] >= 0.999
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("name", list_models())

@@ -141,6 +141,7 @@ def test_unknown_name_suggests_close_names_and_list_models():
         ("fcn8s_mobilenetv3_large_100", {"dropout": 0.1}, r"unknown keyword argument\(s\) dropout"),
         ("unet_resnet18", {"activation": "softmax"}, r"unknown keyword argument\(s\) activation"),
         ("lraspp_mobilenet_v3_large", {"aux_loss": True}, "has no auxiliary head"),
+        ("lraspp_mobilenet_v3_large", {"low_level_stride": 16}, "low_level_stride must be 4 or 8, got 16"),
         ("unet_resnet18", {"norm": "ln"}, "norm must be one of bn, gn, syncbn"),
         ("unet_resnet18", {"decoder_channels": nn.ReLU()}, "must be a plain value"),
         ("unet:resnet1", {}, r"unknown smp encoder 'resnet1'.*resnet18"),
@@ -180,6 +181,28 @@ def test_aux_head_is_optional_for_torchvision_models():
     assert not model.has_aux and model.model_kwargs == {"aux_loss": False}
     with torch.no_grad():
         assert set(model.forward_aux(torch.randn(1, 3, 40, 40))) == {"out"}
+
+
+def test_lraspp_low_level_branch_at_stride_4_keeps_the_contract(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", NUM_CLASSES, low_level_stride=4).eval()
+    default = create_model("lraspp_mobilenet_v3_large", NUM_CLASSES)
+    assert model.model_kwargs == {"low_level_stride": 4} and default.model_kwargs == {}
+    # the same backbone layers under the same keys; only the low-level classifier differs (24 against 40 inputs)
+    ours, theirs = model.state_dict(), default.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert [k for k in ours if ours[k].shape != theirs[k].shape] == ["net.classifier.low_classifier.weight"]
+    seen = {}
+    model.net.classifier.low_classifier.register_forward_hook(lambda m, i, o: seen.update(low=tuple(o.shape[-2:])))
+    default.net.classifier.low_classifier.register_forward_hook(lambda m, i, o: seen.update(default=tuple(o.shape[-2:])))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        out, _ = model(x), default(x)
+    assert out.shape == (1, NUM_CLASSES, 64, 96) and seen == {"low": (16, 24), "default": (8, 12)}
+    save_checkpoint({"model_name": model.model_name, "model_kwargs": model.model_kwargs,
+                     "model_meta": model.pretrained_cfg.to_dict(), "model": model.state_dict()}, tmp_path / "s4.pt")
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "s4.pt")(x), out)
 
 
 def test_encoder_and_decoder_parameters_split_the_model():

@@ -116,5 +116,42 @@ def _torchvision_builder(name: str) -> Callable[..., SegModel]:
     return build
 
 
+LRASPP_LOW_LEVEL_STRIDES = (4, 8)
+
+
+def _lraspp_low_level_at_stride_4(net: tvseg.LRASPP, num_classes: int) -> None:
+    """Feed LR-ASPP's low-level classifier the last stride-4 block of MobileNetV3 (24 channels) instead of
+    torchvision's stride-8 block: the logits get detail at twice the resolution, for thin classes (poles,
+    signs, pedestrians), at about the same cost per training step (the head's high branch is only upsampled
+    further). torchvision builds the stride-8 head alone; the backbone's layers and their state-dict keys
+    stay as they are, and the low-level classifier is new."""
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    blocks = net.backbone
+    # MobileNetV3 marks the blocks that halve the resolution (_is_cn); torchvision's low level is the
+    # strided block that starts the stride-8 stage, so the stride-4 stage ends just before it
+    strided = [int(key) for key, block in blocks.items() if getattr(block, "_is_cn", False)]
+    stride_8_start = strided[-3]
+    low_key, high_key = str(stride_8_start - 1), list(blocks.keys())[-1]
+    net.backbone = IntermediateLayerGetter(blocks, return_layers={low_key: "low", high_key: "high"})
+    net.classifier.low_classifier = nn.Conv2d(blocks[low_key].out_channels, num_classes, 1)
+
+
+@register_model
+def lraspp_mobilenet_v3_large(num_classes: int, pretrained: bool = False, aux_loss: bool | None = None,
+                              pretrained_backbone: bool = False, low_level_stride: int = 8) -> SegModel:
+    """torchvision's LR-ASPP MobileNetV3-Large (no aux head: ``aux_loss`` is refused when true);
+    ``pretrained_backbone``: torchvision's ImageNet weights for the backbone alone; ``low_level_stride``: 8
+    (torchvision's) or 4 (the low-level branch at twice the resolution; with ``pretrained`` its low-level
+    classifier starts untrained)."""
+    if low_level_stride not in LRASPP_LOW_LEVEL_STRIDES:
+        raise SemsegError(f"model 'lraspp_mobilenet_v3_large': low_level_stride must be 4 or 8, got {low_level_stride!r}")
+    model = build_torchvision("lraspp_mobilenet_v3_large", num_classes, pretrained, aux_loss, pretrained_backbone)
+    if low_level_stride == 4:
+        _lraspp_low_level_at_stride_4(model.net, num_classes)
+    return model
+
+
 for _name in TORCHVISION_MODELS:
-    register_model(_torchvision_builder(_name))
+    if _name != "lraspp_mobilenet_v3_large":
+        register_model(_torchvision_builder(_name))
