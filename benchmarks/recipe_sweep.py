@@ -78,6 +78,8 @@ VARIANTS: dict[str, tuple[list[str], int]] = {
     "ls01_batch4_crop360": ([CROP_360, BATCH_4, "train.loss_kwargs={label_smoothing: 0.1}"], STEPS_360),
     # the recipe at batch 4 with AdamW's weight decay 0.05 instead of 0.01
     "wd005_batch4_crop360": ([CROP_360, BATCH_4, "train.weight_decay=0.05"], STEPS_360),
+    # the low-level branch at stride 4 (same cost per step on the CPU)
+    "s4_batch4_crop360": ([CROP_360, BATCH_4, "model.kwargs={low_level_stride: 4}"], STEPS_360),
 }
 # training frames of each holdout (train+val less the held-out sequence); batches drop_last
 FOLDS = {"0006R0": 367, "0001TP": 406}
