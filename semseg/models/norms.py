@@ -9,6 +9,7 @@ PyTorch's refuses to run.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -47,11 +48,13 @@ def _group_norm_like(bn: _BatchNorm) -> nn.Module:
     return gn
 
 
-def _to_group_norm(module: nn.Module) -> nn.Module:
-    if isinstance(module, _BatchNorm):
-        return _group_norm_like(module)
+def _replace_batch_norms(module: nn.Module, replacement: Callable[[_BatchNorm], nn.Module]) -> nn.Module:
+    """``module`` with every BatchNorm (PyTorch's SyncBatchNorm aside) swapped for ``replacement(bn)``, in place
+    (the root is returned swapped when it is one)."""
+    if isinstance(module, _BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+        return replacement(module)
     for name, child in module.named_children():
-        converted = _to_group_norm(child)
+        converted = _replace_batch_norms(child, replacement)
         if converted is not child:
             setattr(module, name, converted)
     return module
@@ -198,16 +201,6 @@ def _cross_process_norm_act_class() -> type:
     return CrossProcessBatchNormAct2d
 
 
-def _to_cross_process(module: nn.Module) -> nn.Module:
-    if isinstance(module, _BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
-        return _cross_process_like(module)
-    for name, child in module.named_children():
-        converted = _to_cross_process(child)
-        if converted is not child:
-            setattr(module, name, converted)
-    return module
-
-
 def convert_norm(model: nn.Module, kind: str, device_type: str = "cuda") -> nn.Module:
     """Convert every BatchNorm of ``model`` in place (the root too, when it is one); returns the model.
 
@@ -222,12 +215,12 @@ def convert_norm(model: nn.Module, kind: str, device_type: str = "cuda") -> nn.M
     if kind == "bn":
         return model
     if kind == "gn":
-        converted = _to_group_norm(model)
+        converted = _replace_batch_norms(model, _group_norm_like)
         if hasattr(converted, "model_kwargs"):
             converted.model_kwargs["norm"] = "gn"
         return converted
     if kind == "syncbn" and device_type != "cuda":
-        return _to_cross_process(model)
+        return _replace_batch_norms(model, _cross_process_like)
     if kind == "syncbn":
         # timm's converter, not nn.SyncBatchNorm.convert_sync_batchnorm: torch's turns timm's
         # BatchNormAct2d (BatchNorm + activation in one layer) into a plain SyncBatchNorm and
