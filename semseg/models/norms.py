@@ -76,7 +76,7 @@ class _CrossProcessBatchNormFunction(torch.autograd.Function):
     process's sums. The weight and bias gradients are this process's, as DDP expects (it averages them).
     Written by hand because PyTorch's SyncBatchNorm kernels (batch_norm_stats, batch_norm_elemt, ...)
     exist for CUDA only; letting autograd differentiate unfused statistics costs several passes per layer
-    (BENCHMARKS.md, "One process per core").
+    (BENCHMARKS.md, "BatchNorm synchronized over CPU processes").
     """
 
     @staticmethod
