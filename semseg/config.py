@@ -82,6 +82,11 @@ class DataConfig:
     # 0.125 is about mmsegmentation's +-32/255; a stronger range helps where the frames to predict are darker
     # or brighter than the training frames (BENCHMARKS.md, "Stronger brightness jitter on both folds")
     brightness: float = 0.125
+    # the other three, mmsegmentation's defaults: contrast and saturation factors drawn from [1 - c, 1 + c],
+    # a hue shift drawn from [-h, h] of the colour circle; each with probability 1/2, 0 turns one off
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 0.1
     # optional (height, width) the images are resized to before augmentation and at evaluation
     base_size: Optional_list = None  # type: ignore[valid-type]
     mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
@@ -398,9 +403,13 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
     _check_finite(config)
     if len(d.crop_size) != 2 or not all(isinstance(v, int) and v > 0 for v in d.crop_size):
         raise SemsegError(f"config key 'data.crop_size': expected [height, width] positive integers, got {d.crop_size}")
-    if not 0 <= d.brightness < 1:
-        raise SemsegError(f"config key 'data.brightness': expected a number in [0, 1) (the factor is drawn from "
-                          f"[1 - b, 1 + b]), got {d.brightness}")
+    for key in ("brightness", "contrast", "saturation"):
+        if not 0 <= getattr(d, key) < 1:
+            raise SemsegError(f"config key 'data.{key}': expected a number in [0, 1) (the factor is drawn from "
+                              f"[1 - v, 1 + v]), got {getattr(d, key)}")
+    if not 0 <= d.hue <= 0.5:
+        raise SemsegError(f"config key 'data.hue': expected a number in [0, 0.5] (a shift drawn from [-h, h] of "
+                          f"the colour circle), got {d.hue}")
     if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
         raise SemsegError(f"config key 'data.scale_range': expected [low, high] with 0 < low <= high, got {d.scale_range}")
     if d.base_size is not None and (len(d.base_size) != 2 or not all(isinstance(v, int) and v > 0 for v in d.base_size)):

@@ -87,6 +87,24 @@ def test_photometric_brightness_follows_the_config(brightness):
     assert [tuple(j.brightness) for j in jitters] == [pytest.approx((1 - brightness, 1 + brightness))]
 
 
+def test_photometric_ranges_follow_the_config_and_zero_leaves_a_step_out():
+    preset = train_transform(cfg_for(brightness=0.0, contrast=0.3, saturation=0.2, hue=0.05))
+    steps = [t for t in _walk(preset) if isinstance(t, (v2.ColorJitter, RandomHue))]
+    assert len(steps) == 3
+    assert tuple(steps[0].contrast) == pytest.approx((0.7, 1.3)) and steps[0].brightness is None
+    assert tuple(steps[1].saturation) == pytest.approx((0.8, 1.2))
+    assert isinstance(steps[2], RandomHue) and steps[2].hue == 0.05
+
+
+def test_photometric_with_every_range_zero_changes_no_pixel():
+    off = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, scale_range=[1.0, 1.0], hflip=False)
+    image, mask = sample(stripes(20, 30))
+    torch.manual_seed(0)
+    distorted = train_transform(cfg_for(crop_size=[20, 30], photometric=True, **off))(image, mask)
+    undistorted = train_transform(cfg_for(crop_size=[20, 30], photometric=False, **off))(image, mask)
+    assert torch.equal(distorted[0], undistorted[0]) and torch.equal(distorted[1], undistorted[1])
+
+
 def _walk(transform):
     yield transform
     for child in getattr(transform, "transforms", []):

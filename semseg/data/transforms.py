@@ -120,20 +120,24 @@ class RandomHue(v2.Transform):
         return tv_tensors.wrap(F.pil_to_tensor(shifted), like=inpt)
 
 
-def photometric_distortion(brightness: float = 0.125) -> v2.Transform:
-    """mmsegmentation's PhotoMetricDistortion with torchvision ops: brightness (a factor in
-    [1 - brightness, 1 + brightness]; the default 0.125 is about mmsegmentation's +-32/255),
-    contrast and saturation (x0.5..1.5) and hue (+-18 of 180 degrees), each with probability 1/2.
+def photometric_distortion(brightness: float = 0.125, contrast: float = 0.5, saturation: float = 0.5,
+                           hue: float = 0.1) -> v2.Transform:
+    """mmsegmentation's PhotoMetricDistortion with torchvision ops: brightness, contrast and saturation
+    (a factor in [1 - v, 1 + v]) and hue (a shift in [-hue, hue] of the colour circle), each with
+    probability 1/2; a range of 0 leaves that step out. The defaults are mmsegmentation's (brightness
+    0.125 is about its +-32/255).
 
     v2.RandomPhotometricDistort would be the one-liner, but it also permutes the colour
     channels, which turns a blue sky red: a change of meaning for scene classes.
     """
-    return v2.Compose([
-        v2.RandomApply([v2.ColorJitter(brightness=brightness)], p=0.5),
-        v2.RandomApply([v2.ColorJitter(contrast=0.5)], p=0.5),
-        v2.RandomApply([v2.ColorJitter(saturation=0.5)], p=0.5),
-        v2.RandomApply([RandomHue(0.1)], p=0.5),
-    ])
+    steps = [
+        v2.ColorJitter(brightness=brightness) if brightness else None,
+        v2.ColorJitter(contrast=contrast) if contrast else None,
+        v2.ColorJitter(saturation=saturation) if saturation else None,
+        RandomHue(hue) if hue else None,
+    ]
+    applied = [v2.RandomApply([step], p=0.5) for step in steps if step is not None]
+    return v2.Compose(applied) if applied else v2.Identity()
 
 
 def _to_normalized_tensors(cfg: DataConfig) -> list[v2.Transform]:
@@ -157,7 +161,7 @@ def train_transform(cfg: DataConfig) -> Callable:
     if cfg.hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if cfg.photometric:
-        steps.append(photometric_distortion(cfg.brightness))
+        steps.append(photometric_distortion(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue))
     return v2.Compose(steps + _to_normalized_tensors(cfg))
 
 
