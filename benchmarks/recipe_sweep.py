@@ -51,35 +51,40 @@ CROP_288, CROP_360 = "data.crop_size=[288,384]", "data.crop_size=[360,480]"
 # every sweep recorded in BENCHMARKS.md ran at batch 8, before configs/camvid.yaml took batch 4
 BATCH_8 = "train.batch_size=8"
 BATCH_4 = "train.batch_size=4"  # the recipe's since configs/camvid.yaml took it; pinned so the variants stay comparable
+# LR-ASPP's low-level branch: every sweep before s4_batch4_crop360 ran at torchvision's stride 8 (and DDRNet takes no
+# such argument), before configs/camvid.yaml took stride 4
+STRIDE_8, STRIDE_4 = "model.kwargs={}", "model.kwargs={low_level_stride: 4}"
 EMA = ["train.ema=true", "train.ema_decay=0.995"]
 VARIANTS: dict[str, tuple[list[str], int]] = {
-    "crop288": ([CROP_288, BATCH_8], STEPS_288),
-    "crop360": ([CROP_360, BATCH_8], STEPS_360),
-    "ema_crop288": ([CROP_288, BATCH_8, *EMA], STEPS_288),
-    "ema_crop360": ([CROP_360, BATCH_8, *EMA], STEPS_360),
-    "ddrnet_crop288": ([CROP_288, BATCH_8, "model.name=ddrnet_23_slim"], STEPS_288),
-    "bright04_crop360": ([CROP_360, BATCH_8, "data.brightness=0.4"], STEPS_360),
+    "crop288": ([CROP_288, BATCH_8, STRIDE_8], STEPS_288),
+    "crop360": ([CROP_360, BATCH_8, STRIDE_8], STEPS_360),
+    "ema_crop288": ([CROP_288, BATCH_8, *EMA, STRIDE_8], STEPS_288),
+    "ema_crop360": ([CROP_360, BATCH_8, *EMA, STRIDE_8], STEPS_360),
+    "ddrnet_crop288": ([CROP_288, BATCH_8, "model.name=ddrnet_23_slim", STRIDE_8], STEPS_288),
+    "bright04_crop360": ([CROP_360, BATCH_8, "data.brightness=0.4", STRIDE_8], STEPS_360),
     # camvid.yaml has had data.brightness 0.4 since the sweep above, so crop360 now equals bright04_crop360;
     # this is the other side of that sweep, the brightness before it
-    "bright0125_crop360": ([CROP_360, BATCH_8, "data.brightness=0.125"], STEPS_360),
+    "bright0125_crop360": ([CROP_360, BATCH_8, "data.brightness=0.125", STRIDE_8], STEPS_360),
     # the recipe at batch 8 (data.brightness 0.4) with OHEM, at its equal-time budget
-    "ohem_crop360": ([CROP_360, BATCH_8, "train.loss=ohem"], round(STEPS_360 / 1.08)),
+    "ohem_crop360": ([CROP_360, BATCH_8, "train.loss=ohem", STRIDE_8], round(STEPS_360 / 1.08)),
     # the recipe at batch 8 with mmsegmentation's and torchvision references' scale range (the resize is a small
     # part of a step)
-    "scale2_crop360": ([CROP_360, BATCH_8, "data.scale_range=[0.5,2.0]"], STEPS_360),
+    "scale2_crop360": ([CROP_360, BATCH_8, "data.scale_range=[0.5,2.0]", STRIDE_8], STEPS_360),
     # the recipe now (batch 4): twice crop360's optimizer steps over the same images, at the same learning rate
-    "batch4_crop360": ([CROP_360, BATCH_4], STEPS_360),
+    "batch4_crop360": ([CROP_360, BATCH_4, STRIDE_8], STEPS_360),
     # the recipe at batch 2: twice batch 4's steps again, BatchNorm over 2 crops (what --processes 2 gives batch 4)
-    "batch2_crop360": ([CROP_360, "train.batch_size=2"], STEPS_360),
+    "batch2_crop360": ([CROP_360, "train.batch_size=2", STRIDE_8], STEPS_360),
     # the recipe's learning rate (0.002, set at batch 8 and never swept) halved and doubled at batch 4
-    "lr001_batch4_crop360": ([CROP_360, BATCH_4, "train.lr=0.001"], STEPS_360),
-    "lr004_batch4_crop360": ([CROP_360, BATCH_4, "train.lr=0.004"], STEPS_360),
+    "lr001_batch4_crop360": ([CROP_360, BATCH_4, "train.lr=0.001", STRIDE_8], STEPS_360),
+    "lr004_batch4_crop360": ([CROP_360, BATCH_4, "train.lr=0.004", STRIDE_8], STEPS_360),
     # the recipe at batch 4 with label smoothing 0.1 in its cross-entropy
-    "ls01_batch4_crop360": ([CROP_360, BATCH_4, "train.loss_kwargs={label_smoothing: 0.1}"], STEPS_360),
+    "ls01_batch4_crop360": ([CROP_360, BATCH_4, "train.loss_kwargs={label_smoothing: 0.1}", STRIDE_8], STEPS_360),
     # the recipe at batch 4 with AdamW's weight decay 0.05 instead of 0.01
-    "wd005_batch4_crop360": ([CROP_360, BATCH_4, "train.weight_decay=0.05"], STEPS_360),
+    "wd005_batch4_crop360": ([CROP_360, BATCH_4, "train.weight_decay=0.05", STRIDE_8], STEPS_360),
     # the low-level branch at stride 4 (same cost per step on the CPU)
-    "s4_batch4_crop360": ([CROP_360, BATCH_4, "model.kwargs={low_level_stride: 4}"], STEPS_360),
+    "s4_batch4_crop360": ([CROP_360, BATCH_4, STRIDE_4], STEPS_360),
+    # the recipe now (stride 4) without the photometric distortion's hue shift (+-0.1 of the colour circle)
+    "hue0_s4_batch4_crop360": ([CROP_360, BATCH_4, STRIDE_4, "data.hue=0.0"], STEPS_360),
 }
 # training frames of each holdout (train+val less the held-out sequence); batches drop_last
 FOLDS = {"0006R0": 367, "0001TP": 406}
