@@ -120,12 +120,11 @@ class RandomHue(v2.Transform):
         return tv_tensors.wrap(F.pil_to_tensor(shifted), like=inpt)
 
 
-def photometric_distortion(brightness: float = 0.125, contrast: float = 0.5, saturation: float = 0.5,
-                           hue: float = 0.1) -> v2.Transform:
+def photometric_distortion(brightness: float, contrast: float, saturation: float, hue: float) -> v2.Transform:
     """mmsegmentation's PhotoMetricDistortion with torchvision ops: brightness, contrast and saturation
     (a factor in [1 - v, 1 + v]) and hue (a shift in [-hue, hue] of the colour circle), each with
-    probability 1/2; a range of 0 leaves that step out. The defaults are mmsegmentation's (brightness
-    0.125 is about its +-32/255).
+    probability 1/2; a range of 0 leaves that step out. The defaults live in one place, ``DataConfig``
+    (mmsegmentation's values).
 
     v2.RandomPhotometricDistort would be the one-liner, but it also permutes the colour
     channels, which turns a blue sky red: a change of meaning for scene classes.
