@@ -140,7 +140,6 @@ def test_unknown_name_suggests_close_names_and_list_models():
         ("lraspp_mobilenet_v3_large", {"foo": 1, "bar": 2}, r"unknown keyword argument\(s\) bar, foo.*pretrained_backbone"),
         ("fcn8s_mobilenetv3_large_100", {"dropout": 0.1}, r"unknown keyword argument\(s\) dropout"),
         ("unet_resnet18", {"activation": "softmax"}, r"unknown keyword argument\(s\) activation"),
-        ("lraspp_mobilenet_v3_large", {"aux_loss": True}, "has no auxiliary head"),
         ("lraspp_mobilenet_v3_large", {"low_level_stride": 16}, "low_level_stride must be 4 or 8, got 16"),
         ("unet_resnet18", {"norm": "ln"}, "norm must be one of bn, gn, syncbn"),
         ("unet_resnet18", {"decoder_channels": nn.ReLU()}, "must be a plain value"),
@@ -203,6 +202,38 @@ def test_lraspp_low_level_branch_at_stride_4_keeps_the_contract(tmp_path):
                      "model_meta": model.pretrained_cfg.to_dict(), "model": model.state_dict()}, tmp_path / "s4.pt")
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / "s4.pt")(x), out)
+
+
+def test_lraspp_aux_head_supervises_the_stride_16_stage_and_only_in_training(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", NUM_CLASSES, low_level_stride=4, aux_loss=True).eval()
+    plain = create_model("lraspp_mobilenet_v3_large", NUM_CLASSES, low_level_stride=4).eval()
+    assert model.has_aux and not plain.has_aux
+    assert model.model_kwargs == {"low_level_stride": 4, "aux_loss": True}
+    # the plain model's keys plus the aux head's: torchvision's FCN head, under torchvision's own key prefix
+    extra = set(model.state_dict()) - set(plain.state_dict())
+    assert set(plain.state_dict()) < set(model.state_dict()) and extra
+    assert {key.split(".")[1] for key in extra} == {"aux_classifier"}
+    seen = {}
+    model.net.aux_classifier.register_forward_hook(lambda m, i, o: seen.update(aux=tuple(i[0].shape[1:])))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        outputs = model.forward_aux(x)
+        assert set(outputs) == {"out", "aux"} and outputs["aux"].shape == (1, NUM_CLASSES, 64, 96)
+        assert seen == {"aux": (112, 4, 6)}  # MobileNetV3-Large's stride-16 stage: 112 channels
+        seen.clear()
+        out = model(x)
+    assert not seen and torch.equal(out, outputs["out"])  # prediction never runs the aux head
+    # the aux head changes nothing at prediction: the same weights without it predict the same logits
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k not in extra})
+    with torch.no_grad():
+        assert torch.equal(plain(x), out)
+    save_checkpoint({"model_name": model.model_name, "model_kwargs": model.model_kwargs,
+                     "model_meta": model.pretrained_cfg.to_dict(), "model": model.state_dict()}, tmp_path / "aux.pt")
+    reloaded = load_model(tmp_path / "aux.pt")
+    assert reloaded.has_aux
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), out)
 
 
 def test_encoder_and_decoder_parameters_split_the_model():

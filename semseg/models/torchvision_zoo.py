@@ -119,36 +119,60 @@ def _torchvision_builder(name: str) -> Callable[..., SegModel]:
 LRASPP_LOW_LEVEL_STRIDES = (4, 8)
 
 
-def _lraspp_low_level_at_stride_4(net: tvseg.LRASPP, num_classes: int) -> None:
-    """Feed LR-ASPP's low-level classifier the last stride-4 block of MobileNetV3 (24 channels) instead of
-    torchvision's stride-8 block: the logits get detail at twice the resolution, for thin classes (poles,
+def _lraspp_backbone_outputs(net: tvseg.LRASPP, low_level_stride: int, aux: bool) -> dict[str, str]:
+    """Which MobileNetV3 blocks LR-ASPP's backbone returns, by block index: ``"low"`` (the last block before the
+    stride-8 stage for stride 4; torchvision's strided block that starts the stride-8 stage for stride 8),
+    ``"high"`` (the last block) and, with ``aux``, ``"aux"`` (the last block of the stride-16 stage, before
+    the dilated last stage: the depth where PSPNet and torchvision's FCN/DeepLabV3 put their aux heads)."""
+    blocks = net.backbone
+    # MobileNetV3 marks the blocks that halve the resolution (_is_cn); in the segmentation backbone the last
+    # one is dilated instead, so the marks are the starts of the stride-4, 8, 16 and dilated stages
+    strided = [int(key) for key, block in blocks.items() if getattr(block, "_is_cn", False)]
+    low_key = str(strided[-3] - 1) if low_level_stride == 4 else str(strided[-3])
+    outputs = {low_key: "low", list(blocks.keys())[-1]: "high"}
+    if aux:
+        outputs[str(strided[-1] - 1)] = "aux"
+    return outputs
+
+
+def _lraspp_customized(net: tvseg.LRASPP, num_classes: int, low_level_stride: int, aux: bool) -> None:
+    """Rewire torchvision's LR-ASPP in place; the backbone's layers and their state-dict keys stay as they are.
+
+    ``low_level_stride`` 4 feeds the low-level classifier MobileNetV3's last stride-4 block (24 channels) instead
+    of torchvision's stride-8 block: the logits get detail at twice the resolution, for thin classes (poles,
     signs, pedestrians), at about the same cost per training step (the head's high branch is only upsampled
-    further). torchvision builds the stride-8 head alone; the backbone's layers and their state-dict keys
-    stay as they are, and the low-level classifier is new."""
+    further). torchvision builds the stride-8 head alone, so its low-level classifier is new.
+
+    ``aux`` adds deep supervision, which torchvision's LR-ASPP lacks: torchvision's FCN head (3x3 conv to a
+    quarter of the channels, BatchNorm, ReLU, dropout, 1x1 conv) on the stride-16 stage's output, trained
+    with ``train.aux_weight`` and never run at prediction or export.
+    """
     from torchvision.models._utils import IntermediateLayerGetter
 
+    outputs = _lraspp_backbone_outputs(net, low_level_stride, aux)
     blocks = net.backbone
-    # MobileNetV3 marks the blocks that halve the resolution (_is_cn); torchvision's low level is the
-    # strided block that starts the stride-8 stage, so the stride-4 stage ends just before it
-    strided = [int(key) for key, block in blocks.items() if getattr(block, "_is_cn", False)]
-    stride_8_start = strided[-3]
-    low_key, high_key = str(stride_8_start - 1), list(blocks.keys())[-1]
-    net.backbone = IntermediateLayerGetter(blocks, return_layers={low_key: "low", high_key: "high"})
-    net.classifier.low_classifier = nn.Conv2d(blocks[low_key].out_channels, num_classes, 1)
+    net.backbone = IntermediateLayerGetter(blocks, return_layers=outputs)
+    if low_level_stride == 4:
+        low_key = next(key for key, name in outputs.items() if name == "low")
+        net.classifier.low_classifier = nn.Conv2d(blocks[low_key].out_channels, num_classes, 1)
+    if aux:
+        aux_key = next(key for key, name in outputs.items() if name == "aux")
+        net.aux_classifier = tvseg.fcn.FCNHead(blocks[aux_key].out_channels, num_classes)
 
 
 @register_model
 def lraspp_mobilenet_v3_large(num_classes: int, pretrained: bool = False, aux_loss: bool | None = None,
                               pretrained_backbone: bool = False, low_level_stride: int = 8) -> SegModel:
-    """torchvision's LR-ASPP MobileNetV3-Large (no aux head: ``aux_loss`` is refused when true);
-    ``pretrained_backbone``: torchvision's ImageNet weights for the backbone alone; ``low_level_stride``: 8
-    (torchvision's) or 4 (the low-level branch at twice the resolution; with ``pretrained`` its low-level
-    classifier starts untrained)."""
+    """torchvision's LR-ASPP MobileNetV3-Large. ``aux_loss``: an aux head on the stride-16 stage for deep
+    supervision (default: none, as torchvision's); ``pretrained_backbone``: torchvision's ImageNet weights for
+    the backbone alone; ``low_level_stride``: 8 (torchvision's) or 4 (the low-level branch at twice the
+    resolution). With ``pretrained``, a low-level classifier at stride 4 and the aux head start untrained."""
     if low_level_stride not in LRASPP_LOW_LEVEL_STRIDES:
         raise SemsegError(f"model 'lraspp_mobilenet_v3_large': low_level_stride must be 4 or 8, got {low_level_stride!r}")
-    model = build_torchvision("lraspp_mobilenet_v3_large", num_classes, pretrained, aux_loss, pretrained_backbone)
-    if low_level_stride == 4:
-        _lraspp_low_level_at_stride_4(model.net, num_classes)
+    model = build_torchvision("lraspp_mobilenet_v3_large", num_classes, pretrained, None, pretrained_backbone)
+    if low_level_stride == 4 or aux_loss:
+        _lraspp_customized(model.net, num_classes, low_level_stride, bool(aux_loss))
+        model.has_aux = bool(aux_loss)
     return model
 
 
