@@ -85,6 +85,9 @@ VARIANTS: dict[str, tuple[list[str], int]] = {
     "s4_batch4_crop360": ([CROP_360, BATCH_4, STRIDE_4], STEPS_360),
     # the recipe now (stride 4) without the photometric distortion's hue shift (+-0.1 of the colour circle)
     "hue0_s4_batch4_crop360": ([CROP_360, BATCH_4, STRIDE_4, "data.hue=0.0"], STEPS_360),
+    # the recipe now with deep supervision: an FCN aux head on MobileNetV3's stride-16 stage, weight 0.4
+    "aux_s4_batch4_crop360": ([CROP_360, BATCH_4, "model.kwargs={low_level_stride: 4, aux_loss: true}",
+                               "train.aux_weight=0.4"], STEPS_360),
 }
 # training frames of each holdout (train+val less the held-out sequence); batches drop_last
 FOLDS = {"0006R0": 367, "0001TP": 406}
