@@ -119,19 +119,19 @@ def _torchvision_builder(name: str) -> Callable[..., SegModel]:
 LRASPP_LOW_LEVEL_STRIDES = (4, 8)
 
 
-def _lraspp_backbone_outputs(net: tvseg.LRASPP, low_level_stride: int, aux: bool) -> dict[str, str]:
-    """Which MobileNetV3 blocks LR-ASPP's backbone returns, by block index: ``"low"`` (the last block before the
-    stride-8 stage for stride 4; torchvision's strided block that starts the stride-8 stage for stride 8),
-    ``"high"`` (the last block) and, with ``aux``, ``"aux"`` (the last block of the stride-16 stage, before
-    the dilated last stage: the depth where PSPNet and torchvision's FCN/DeepLabV3 put their aux heads)."""
+def _lraspp_backbone_blocks(net: tvseg.LRASPP, low_level_stride: int, aux: bool) -> dict[str, str]:
+    """The MobileNetV3 block index LR-ASPP's backbone returns for each of its outputs: ``"low"`` (the last block
+    before the stride-8 stage for stride 4; torchvision's strided block that starts the stride-8 stage for
+    stride 8), ``"high"`` (the last block) and, with ``aux``, ``"aux"`` (the last block of the stride-16 stage,
+    before the dilated last stage: the depth where PSPNet and torchvision's FCN/DeepLabV3 put their aux heads)."""
     blocks = net.backbone
     # MobileNetV3 marks the blocks that halve the resolution (_is_cn); in the segmentation backbone the last
     # one is dilated instead, so the marks are the starts of the stride-4, 8, 16 and dilated stages
     strided = [int(key) for key, block in blocks.items() if getattr(block, "_is_cn", False)]
-    low_key = str(strided[-3] - 1) if low_level_stride == 4 else str(strided[-3])
-    outputs = {low_key: "low", list(blocks.keys())[-1]: "high"}
+    outputs = {"low": str(strided[-3] - 1) if low_level_stride == 4 else str(strided[-3]),
+               "high": list(blocks.keys())[-1]}
     if aux:
-        outputs[str(strided[-1] - 1)] = "aux"
+        outputs["aux"] = str(strided[-1] - 1)
     return outputs
 
 
@@ -149,15 +149,13 @@ def _lraspp_customized(net: tvseg.LRASPP, num_classes: int, low_level_stride: in
     """
     from torchvision.models._utils import IntermediateLayerGetter
 
-    outputs = _lraspp_backbone_outputs(net, low_level_stride, aux)
+    block_of = _lraspp_backbone_blocks(net, low_level_stride, aux)
     blocks = net.backbone
-    net.backbone = IntermediateLayerGetter(blocks, return_layers=outputs)
+    net.backbone = IntermediateLayerGetter(blocks, return_layers={key: name for name, key in block_of.items()})
     if low_level_stride == 4:
-        low_key = next(key for key, name in outputs.items() if name == "low")
-        net.classifier.low_classifier = nn.Conv2d(blocks[low_key].out_channels, num_classes, 1)
+        net.classifier.low_classifier = nn.Conv2d(blocks[block_of["low"]].out_channels, num_classes, 1)
     if aux:
-        aux_key = next(key for key, name in outputs.items() if name == "aux")
-        net.aux_classifier = tvseg.fcn.FCNHead(blocks[aux_key].out_channels, num_classes)
+        net.aux_classifier = tvseg.fcn.FCNHead(blocks[block_of["aux"]].out_channels, num_classes)
 
 
 @register_model
