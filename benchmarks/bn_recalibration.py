@@ -29,6 +29,7 @@ from semseg.checkpoint import load_checkpoint
 from semseg.config import load_config
 from semseg.data import build_dataset, train_transform
 from semseg.data.transforms import eval_transform
+from semseg.io import list_images
 from semseg.models import load_model
 
 
@@ -45,7 +46,8 @@ def main() -> None:
     weights = saved["class_weights"]
     data = load_config(base=saved["config"]).data
     trained = load_model(args.checkpoint)
-    for line in score_alphas(trained, weights, args.frames, args.labels, args.alphas):
+    holdout_frames = list_images(args.frames)
+    for line in score_alphas(trained, weights, holdout_frames, args.labels, args.alphas):
         print(f"as trained             {line}", flush=True)
     for label, transform, passes in (("whole frames, 1 pass ", eval_transform(data), 1),
                                      ("train augmentation, 2", train_transform(data), 2)):
@@ -57,7 +59,7 @@ def main() -> None:
         update_bn(itertools.chain.from_iterable((images for images, _ in loader) for _ in range(passes)), model)
         model.eval()
         print(f"# {label}: statistics over {len(frames)} training frames in {time.perf_counter() - start:.0f} s")
-        for line in score_alphas(model, weights, args.frames, args.labels, args.alphas):
+        for line in score_alphas(model, weights, holdout_frames, args.labels, args.alphas):
             print(f"{label}  {line}", flush=True)
 
 

@@ -26,11 +26,10 @@ from semseg.models import load_model
 from semseg.predict import Predictor
 
 
-def score_alphas(model: torch.nn.Module, weights: list[float], frames_dir: str, labels_dir: str,
+def score_alphas(model: torch.nn.Module, weights: list[float], frames: list[Path], labels_dir: str,
                  alphas: list[float], tta_scales: list[float] | None = None, ignore_index: int = 11) -> list[str]:
     """One line per alpha: mIoU, pixel accuracy, IoU per class and predicted / true pixels per class of
-    ``model`` on the frames of ``frames_dir`` against the label maps of the same names in ``labels_dir``."""
-    frames = list_images(frames_dir)
+    ``model`` on ``frames`` against the label maps of the same names in ``labels_dir``."""
     names = model.pretrained_cfg.class_names
     lines = []
     for alpha in alphas:
@@ -62,9 +61,10 @@ def main() -> None:
     if not weights:
         raise SystemExit(f"{args.checkpoint}: trained without class weights; nothing to adjust")
     model = load_model(args.checkpoint)
-    print(f"{len(list_images(args.frames))} frames; class weights {[round(w, 2) for w in weights]}; "
+    frames = list_images(args.frames)
+    print(f"{len(frames)} frames; class weights {[round(w, 2) for w in weights]}; "
           f"TTA scales {args.tta_scales}")
-    for line in score_alphas(model, weights, args.frames, args.labels, args.alphas, args.tta_scales, args.ignore_index):
+    for line in score_alphas(model, weights, frames, args.labels, args.alphas, args.tta_scales, args.ignore_index):
         print(line)
 
 
