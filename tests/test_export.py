@@ -448,3 +448,35 @@ def test_a_logit_offset_of_the_wrong_length_is_named(tmp_path):
     model.pretrained_cfg.logit_offset = (0.0, 1.0)
     with pytest.raises(SemsegError, match="logit_offset has 2 values but the model predicts 3 classes"):
         model(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name, kwargs, heads", [
+    ("bisenetv2", {}, {"boosters"}),
+    ("pidnet_s", {}, {"aux_head", "boundary_head"}),
+    ("lraspp_mobilenet_v3_large", {"low_level_stride": 4, "aux_loss": True}, {"aux_classifier"}),
+])
+def test_an_inference_checkpoint_leaves_out_the_training_only_heads(name, kwargs, heads, tmp_path, caplog):
+    import logging
+
+    from semseg.checkpoint import load_checkpoint
+    from semseg.export.checkpoint import export_checkpoint_checked
+    from semseg.models import load_model
+
+    torch.manual_seed(0)
+    model = create_model(name, 3, **kwargs).eval()
+    out = tmp_path / "inference.pt"
+    report = export_checkpoint_checked(model, out, (64, 96))
+    assert report["agreement"] == 1.0
+    kept = load_checkpoint(out)["model"]
+    dropped = {key.split(".")[1] for key in model.state_dict() if key not in kept}
+    assert dropped == heads
+    assert {key.split(".")[1] for key in kept} == {key.split(".")[1] for key in model.state_dict()} - heads
+    x = torch.randn(1, 3, 64, 96)
+    reloaded = load_model(out)
+    assert reloaded.has_aux and reloaded.model_kwargs == model.model_kwargs
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), model(x))
+    # fine-tuning from the file: the training heads start afresh, and the log says so
+    with caplog.at_level(logging.INFO, logger="semseg.models.weights"):
+        create_model(name, 3, pretrained=str(out), **kwargs)
+    assert f"no weights for the training-only head(s) {', '.join(sorted(heads))}" in caplog.text

@@ -14,7 +14,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     add_model_source(p)
     p.add_argument("--format", default="onnx",
                    help="onnx: an ONNX graph; openvino: an OpenVINO IR (--out NAME.xml, weights in NAME.bin); "
-                   "semseg: an inference checkpoint (weights and metadata, no training state)")
+                   "semseg: an inference checkpoint (weights and metadata; no training state, no training-only heads)")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--int8", action="store_true",
                    help="onnx, openvino: quantize to int8 (NNCF), calibrated on --calib and refused when its mIoU on "

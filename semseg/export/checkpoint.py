@@ -28,12 +28,17 @@ def export_checkpoint(
     """Write an inference checkpoint: the weights (float16 with ``half``: half the size) and the metadata.
 
     It loads like any semseg checkpoint (:func:`semseg.models.load_model`,
-    ``--checkpoint``), back into float32 weights; no optimizer state is kept.
+    ``--checkpoint``), back into float32 weights; no optimizer state is kept,
+    nor the heads that serve training only (``model.training_only_prefixes``:
+    aux heads, BiSeNetV2's boosters, PIDNet's boundary head), which prediction
+    never runs; fine-tuning from the file starts them afresh.
     ``provenance``: entries of the training checkpoint to keep (its config and scores).
     """
+    training_only = tuple(getattr(model, "training_only_prefixes", ()))
     weights = {
         key: value.detach().cpu().half() if half and value.is_floating_point() else value.detach().cpu()
         for key, value in model.state_dict().items()
+        if not key.startswith(training_only)
     }
     state = {key: value for key, value in (provenance or {}).items() if key in PROVENANCE_KEYS}
     state.update(

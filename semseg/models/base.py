@@ -39,8 +39,10 @@ class SegModel(nn.Module):
     ``create_model`` sets ``model_name``, ``model_kwargs`` and ``pretrained_cfg``.
     """
 
-    # state-dict prefixes a weights file may lack (or hold while the model lacks them)
-    optional_prefixes: tuple[str, ...] = ()
+    # state-dict prefixes of the heads that serve training only (aux heads, boosters, boundary heads): an
+    # inference export leaves them out, and a weights file may lack them (they keep their initialization)
+    # or hold them while the model lacks them
+    training_only_prefixes: tuple[str, ...] = ()
 
     def __init__(self, net: nn.Module, num_classes: int, encoder_path: str, size_divisor: int = 1,
                  has_aux: bool = False) -> None:

@@ -45,7 +45,7 @@ class TorchvisionSegModel(SegModel):
     """torchvision's forward, except that the aux head runs only when asked for (torchvision always runs it)."""
 
     # a weights file without the aux head (or a model without one) loads: the head only serves training
-    optional_prefixes = ("net.aux_classifier.",)
+    training_only_prefixes = ("net.aux_classifier.",)
 
     def _logits(self, x: Tensor, with_aux: bool) -> dict[str, Tensor]:
         features = self.net.backbone(x)

@@ -13,6 +13,7 @@ unexpected and mis-shaped entries, not torch's traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,8 @@ from semseg.checkpoint import CHECKPOINT_FORMAT, load_file
 from semseg.errors import SemsegError
 from semseg.meta import ModelMeta
 from semseg.models.base import SegModel, is_encoder_key
+
+log = logging.getLogger(__name__)
 
 MAX_LISTED = 6  # keys named per kind of problem; the count says how many more
 # the weights a transformers from_pretrained folder may hold
@@ -65,7 +68,7 @@ def _with_net_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _is_optional(model: SegModel, key: str) -> bool:
     # num_batches_tracked is absent from older files; BatchNorm fills it in itself
-    return key.endswith("num_batches_tracked") or key.startswith(tuple(getattr(model, "optional_prefixes", ())))
+    return key.endswith("num_batches_tracked") or key.startswith(tuple(getattr(model, "training_only_prefixes", ())))
 
 
 def _is_class_count_change(model: SegModel, key: str, file_shape: tuple, model_shape: tuple) -> bool:
@@ -114,6 +117,16 @@ def load_state(model: SegModel, state: dict[str, Any], source: str, strict: bool
     return fit
 
 
+def _note_untrained_training_heads(model: SegModel, state: dict[str, Tensor], source: str) -> None:
+    """Say so when the file lacks the training-only heads (an inference export leaves them out)."""
+    prefixes = tuple(model.training_only_prefixes)
+    keys = _with_net_prefix(state)
+    absent = sorted({k.split(".")[1] for k in model.state_dict() if k.startswith(prefixes) and k not in keys})
+    if absent:
+        log.info("%s: no weights for the training-only head(s) %s (an inference export leaves them out); "
+                 "fine-tuning starts them untrained", source, ", ".join(absent))
+
+
 def _class_count_message(model: SegModel, state: dict[str, Tensor], fit: StateFit, source: str) -> str:
     """The class-count mismatch as one message: a new head is random, so only fine-tuning may start from one."""
     classes = model.pretrained_cfg.num_classes
@@ -157,6 +170,7 @@ def load_weights(model: SegModel, path: str | os.PathLike, strict: bool = True, 
     state, from_model, meta = _unpack(load_file(path), path)
     try:
         load_state(model, state, source=path, strict=strict, new_head_ok=new_head_ok, from_model=from_model)
+        _note_untrained_training_heads(model, state, path)
     except SemsegError:
         if new_head_ok or not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
             raise

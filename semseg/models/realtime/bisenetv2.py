@@ -173,6 +173,8 @@ class BiSeNetV2Backbone(nn.Module):
 class BiSeNetV2(nn.Module):
     """``forward(x, with_aux)``: ``{"out"}``, plus ``"aux"`` ... ``"aux4"`` (the booster heads, shallow to deep)."""
 
+    training_heads = ("boosters",)  # run by forward_aux only; an inference export leaves them out
+
     def __init__(self, num_classes: int, head_channels: int = 1024) -> None:
         super().__init__()
         self.backbone = BiSeNetV2Backbone()

@@ -9,14 +9,24 @@ heads are the rest.
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from semseg.errors import SemsegError
 from semseg.models.base import SegModel
 
 
 class RealtimeSegModel(SegModel):
-    """A real-time family's network: ``net(x, with_aux)`` already returns the dict of outputs."""
+    """A real-time family's network: ``net(x, with_aux)`` already returns the dict of outputs.
+
+    ``net.training_heads`` (where the family has training heads) names its
+    submodules that only :meth:`forward_aux` runs; they become the model's
+    ``training_only_prefixes``.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int, encoder_path: str, size_divisor: int = 1,
+                 has_aux: bool = False) -> None:
+        super().__init__(net, num_classes, encoder_path, size_divisor, has_aux)
+        self.training_only_prefixes = tuple(f"net.{name}." for name in getattr(net, "training_heads", ()))
 
     def _logits(self, x: Tensor, with_aux: bool) -> dict[str, Tensor]:
         return self.net(x, with_aux)

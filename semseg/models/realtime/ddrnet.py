@@ -131,6 +131,8 @@ class DDRNetBackbone(DualResolution):
 class DDRNet(nn.Module):
     """``forward(x, with_aux)``: ``{"out"}``, plus ``"aux"`` (the head on the high branch after the first fusion)."""
 
+    training_heads = ("aux_head",)  # run by forward_aux only; an inference export leaves them out
+
     def __init__(self, num_classes: int, channels: int = 32, ppm_channels: int = 128, head_channels: int = 64) -> None:
         super().__init__()
         self.backbone = DDRNetBackbone(channels, ppm_channels)

@@ -123,6 +123,8 @@ class PIDNetBackbone(DualResolution):
 class PIDNet(nn.Module):
     """``forward(x, with_aux)``: ``{"out"}``, plus ``"aux"`` (P-branch logits) and ``"boundary"`` (``[N,1,H,W]``)."""
 
+    training_heads = ("aux_head", "boundary_head")  # run by forward_aux only; an inference export leaves them out
+
     def __init__(self, num_classes: int, channels: int = 32, ppm_channels: int = 96, head_channels: int = 128) -> None:
         super().__init__()
         self.backbone = PIDNetBackbone(channels, ppm_channels)
