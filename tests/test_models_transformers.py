@@ -363,3 +363,36 @@ def test_hf_folder_of_another_kind_of_model_is_named(tmp_path):
     transformers.SwinModel(config).save_pretrained(tmp_path / "swin")
     with pytest.raises(SemsegError, match="architecture 'SwinModel'"):
         semseg.create_model(f"hf:{tmp_path / 'swin'}", num_classes=3)
+
+
+def test_hf_upernet_trains_its_auxiliary_head_and_predicts_without_it(tmp_path):
+    import torch.nn.functional as F
+
+    from semseg.models.transformers_zoo import UperNetModel
+
+    torch.manual_seed(0)
+    net = _upernet(3, {0: "road", 1: "car", 2: "sky"}).eval()
+    net.save_pretrained(tmp_path / "up")
+    model = semseg.create_model(f"hf:{tmp_path / 'up'}", num_classes=3).eval()
+    assert isinstance(model, UperNetModel) and model.has_aux
+    calls = []
+    model.net.auxiliary_head.register_forward_hook(lambda *args: calls.append("aux"))
+    x, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    with torch.no_grad():
+        predicted = model(x)
+        assert calls == []  # prediction runs the decode head alone
+        outputs = model.forward_aux(x)
+        reference = net(pixel_values=x, labels=labels)  # transformers' own loss over both heads
+    assert set(outputs) == {"out", "aux"} and outputs["aux"].shape == (2, 3, 64, 64)
+    torch.testing.assert_close(predicted, outputs["out"])
+    torch.testing.assert_close(outputs["out"], reference.logits)
+    ours = F.cross_entropy(outputs["out"], labels) + net.config.auxiliary_loss_weight * F.cross_entropy(outputs["aux"], labels)
+    torch.testing.assert_close(ours, reference.loss)
+    # training reaches the auxiliary head; an inference checkpoint leaves it out
+    model.train().forward_aux(x)["aux"].sum().backward()
+    assert all(p.grad is not None for p in model.net.auxiliary_head.parameters())
+    from semseg.checkpoint import load_checkpoint
+    from semseg.export.checkpoint import export_checkpoint_checked
+
+    export_checkpoint_checked(model.eval(), tmp_path / "inference.pt", (64, 64))
+    assert not any(key.startswith("net.auxiliary_head.") for key in load_checkpoint(tmp_path / "inference.pt")["model"])

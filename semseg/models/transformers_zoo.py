@@ -162,6 +162,26 @@ class PixelLogitsModel(SegModel):
         return "interpolate_pos_encoding" in inspect.signature(self.net.forward).parameters
 
 
+class UperNetModel(PixelLogitsModel):
+    """transformers' ``UperNetForSemanticSegmentation`` with its auxiliary FCN head trained and kept out of prediction.
+
+    transformers runs the auxiliary head in every forward, prediction included,
+    and uses its logits only inside the loss it computes from ``labels``; so
+    this model runs the backbone and the two heads itself (the steps of
+    transformers' forward): ``forward_aux`` returns ``"aux"`` (trained with
+    ``train.aux_weight``, 0.4 like the config's ``auxiliary_loss_weight``),
+    ``model(x)`` and exported graphs run the decode head alone.
+    """
+
+    training_only_prefixes = ("net.auxiliary_head.",)
+
+    def _logits(self, x: Tensor, with_aux: bool) -> dict[str, Tensor]:
+        features = self.net.backbone.forward_with_filtered_kwargs(x).feature_maps
+        heads = {"out": self.net.decode_head, "aux": self.net.auxiliary_head} if with_aux else {"out": self.net.decode_head}
+        return {key: F.interpolate(head(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
+                for key, head in heads.items()}
+
+
 def _encoder_path(net: nn.Module) -> str:
     """Where the backbone sits in a transformers segmentation model (Mask2Former, SegFormer, UperNet, DPT, ...)."""
     # Mask2Former's Swin, UperNet's backbone, else the base model (SegFormer's MiT, DPT's or BEiT's ViT)
@@ -181,6 +201,8 @@ def wrap(net: nn.Module) -> SegModel:
     num_classes = int(net.config.num_labels)
     if arch in MASK_CLASSIFICATION:
         model: SegModel = MaskClassificationModel(net, num_classes, _encoder_path(net))
+    elif arch == "UperNetForSemanticSegmentation" and getattr(net, "auxiliary_head", None) is not None:
+        model = UperNetModel(net, num_classes, _encoder_path(net), size_divisor=32, has_aux=True)
     elif arch.endswith("ForSemanticSegmentation"):
         model = PixelLogitsModel(net, num_classes, _encoder_path(net), size_divisor=32)
     else:
