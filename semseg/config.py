@@ -87,6 +87,9 @@ class DataConfig:
     contrast: float = 0.5
     saturation: float = 0.5
     hue: float = 0.1
+    # ClassMix (semseg.data.mixing): the probability that a training sample gets the pixels of half the
+    # classes of another sample of its batch pasted onto it, image and label alike; 0 = off
+    class_mix: float = 0.0
     # optional (height, width) the images are resized to before augmentation and at evaluation
     base_size: Optional_list = None  # type: ignore[valid-type]
     mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
@@ -420,6 +423,11 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
         raise SemsegError(f"config key 'data.val_split' ({d.val_split!r}): a held-out part cannot be joined with '+'")
     if d.group_by is not None:
         check_group_pattern(d.group_by)
+    if not 0 <= d.class_mix <= 1:
+        raise SemsegError(f"config key 'data.class_mix': expected a probability in [0, 1], got {d.class_mix}")
+    if d.class_mix > 0 and t.batch_size < 2:
+        raise SemsegError("config key 'data.class_mix' mixes the samples of a batch: it needs train.batch_size >= 2, "
+                          f"got {t.batch_size}")
     if not 0 < d.cat_max_ratio <= 1:
         raise SemsegError(f"config key 'data.cat_max_ratio': must lie in (0, 1], got {d.cat_max_ratio}")
     if not 0 <= d.ignore_index <= 65535:

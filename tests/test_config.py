@@ -106,6 +106,8 @@ def test_bare_on_and_off_are_the_words_not_booleans(tmp_path):
         (["data.contrast=1.0"], None, "'data.contrast': expected a number in \\[0, 1\\)"),
         (["data.saturation=-0.5"], None, "'data.saturation': expected a number in \\[0, 1\\)"),
         (["data.hue=0.6"], None, "'data.hue': expected a number in \\[0, 0.5\\]"),
+        (["data.class_mix=1.5"], None, "'data.class_mix': expected a probability in \\[0, 1\\]"),
+        (["data.class_mix=0.5", "train.batch_size=1"], None, "'data.class_mix' mixes the samples of a batch"),
         (["train.batch_size=0"], None, "train.batch_size"),
         (["train.freeze_encoder_epochs=10", "train.epochs=5"], None, "freeze_encoder_epochs"),
         (["model.bn_momentum=0"], None, "model.bn_momentum"),

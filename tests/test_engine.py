@@ -498,3 +498,23 @@ def test_training_from_an_adjusted_export_starts_without_its_logit_offset(tmp_pa
     assert trained_on.pretrained_cfg.logit_offset is None
     torch.testing.assert_close(trained_on.state_dict()["net.classifier.high_classifier.bias"],
                                model.state_dict()["net.classifier.high_classifier.bias"])  # the weights did load
+
+
+def test_class_mix_mixes_every_training_batch_and_only_those(tiny_camvid, tmp_path, monkeypatch):
+    from semseg.data import mixing
+    from semseg.engine import loop
+
+    seen = []
+
+    def spy(images, masks, probability, ignore_index, generator=None):
+        mixed = mixing.class_mix(images, masks, probability, ignore_index, generator)
+        seen.append((images.shape[0], probability, ignore_index, not torch.equal(mixed[1], masks)))
+        return mixed
+
+    monkeypatch.setattr(loop, "class_mix", spy)
+    assert _train(tmp_path / "run", tiny_camvid, "train.epochs=1", "data.class_mix=1.0") == 0
+    assert seen and all(n >= 2 and p == 1.0 and ignore == 255 for n, p, ignore, _ in seen)
+    assert any(changed for *_, changed in seen)
+    seen.clear()
+    assert _train(tmp_path / "off", tiny_camvid, "train.epochs=1") == 0
+    assert seen == []  # off by default

@@ -18,6 +18,7 @@ from torch import nn
 
 from semseg.checkpoint import load_checkpoint, save_checkpoint
 from semseg.config import RunConfig, check_resume_changes, load_config, to_yaml
+from semseg.data.mixing import class_mix
 from semseg.engine import distributed as dist_utils
 from semseg.engine.evaluate import validate
 from semseg.engine.setup import setup_trainer
@@ -63,6 +64,8 @@ def train_one_epoch(trainer: Trainer, forward: nn.Module) -> dict[str, float]:
     trainer.optimizer.zero_grad(set_to_none=True)
     for i, (images, masks) in enumerate(loader):
         images, masks = _to_device(trainer, images, masks)
+        if trainer.cfg.data.class_mix > 0:
+            images, masks = class_mix(images, masks, trainer.cfg.data.class_mix, trainer.cfg.data.ignore_index)
         with autocast(trainer.precision, trainer.device):
             loss = training_loss(forward(images), masks, trainer.criterion, cfg.aux_weight, trainer.cfg.data.ignore_index)
         if not torch.isfinite(loss):
