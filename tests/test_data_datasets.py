@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 
 from semseg.cli import main
 from semseg.config import DataConfig
-from semseg.data import build_dataset, check_dataset, class_statistics, default_palette
+from semseg.data import add_statistics, build_dataset, check_dataset, class_statistics, default_palette
 from semseg.errors import SemsegError
 from semseg.io import write_label_png
 
@@ -291,6 +291,11 @@ def test_class_statistics(tmp_path):
             "ignored_pixels": 4,
             "skipped": 0,
         }
+    # DDP's ranks count a share each: the parts add up to the whole, for any number of parts
+    for count in (2, 3, 4):
+        parts = [class_statistics(dataset, part=(k, count)) for k in range(count)]
+        assert sum(part["num_images"] for part in parts) == 3
+        assert add_statistics(parts) == class_statistics(dataset)
 
 
 # ---------------------------------------------------------------- audit and `semseg data check`

@@ -419,6 +419,19 @@ def test_ddp_two_processes_match_one(tiny_camvid, tmp_path):
     with Image.open(tmp_path / "one" / "val_gallery.png") as a, Image.open(tmp_path / "two" / "val_gallery.png") as b:
         assert a.size == b.size
         assert (np.asarray(a.convert("RGB")) != np.asarray(b.convert("RGB"))).any(axis=2).mean() < 0.01
+    # computed class weights: the ranks count a share of the masks each and add them up, to the weights of all
+    weighted = ["train.epochs=1", "train.class_weights=median_freq", "train.reports=false"]
+    launched = subprocess.run([sys.executable, "-m", "semseg", "train", "--processes", "2", "--run-dir",
+                               str(tmp_path / "weighted"), f"data.root={root}", *FAST, *same, *weighted],
+                              capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    from semseg.data import build_dataset
+    from semseg.engine.setup import resolve_class_weights
+
+    cfg = load_config(None, [f"data.root={root}", *FAST, *same, *weighted])
+    expected = resolve_class_weights(cfg, build_dataset(cfg.data, cfg.data.train_split))
+    weights = load_checkpoint(tmp_path / "weighted" / "last.pt")["class_weights"]
+    assert weights == pytest.approx(expected, rel=1e-6) and len(set(expected)) > 1
 
 
 def test_launched_processes_get_their_ranks_and_threads_and_a_failure_stops_the_rest():

@@ -5,7 +5,7 @@ Public API:
 - :class:`DatasetInfo`, :func:`dataset_info` -- classes, names, palette of a data config;
 - :func:`build_dataset` -> :class:`SegDataset` -- (image, mask) pairs of any format;
 - :func:`train_transform`, :func:`eval_transform` -- joint augmentation presets;
-- :func:`class_statistics` -- per-class pixel and image frequencies;
+- :func:`class_statistics` -- per-class pixel and image frequencies (:func:`add_statistics` adds up parts);
 - :func:`check_dataset` -- the audit behind ``semseg data check``;
 - Cityscapes tables: :func:`labelid_to_trainid`, :func:`trainid_to_labelid`.
 """
@@ -16,7 +16,8 @@ from semseg.lazy import lazy_exports
 # processes that the datasets and transforms (torch, torchvision) would slow by seconds
 _EXPORTS = {
     "check_dataset": "audit",
-    **dict.fromkeys(["DatasetInfo", "SegDataset", "build_dataset", "class_statistics", "dataset_info"], "datasets"),
+    **dict.fromkeys(["DatasetInfo", "SegDataset", "add_statistics", "build_dataset", "class_statistics", "dataset_info"],
+                   "datasets"),
     **dict.fromkeys(["FORMATS", "default_palette", "labelid_to_trainid", "trainid_to_labelid"], "formats"),
     **dict.fromkeys(["MaskDecoder", "mask_decoder"], "masks"),
     **dict.fromkeys(["eval_transform", "train_transform"], "transforms"),
@@ -28,6 +29,7 @@ __all__ = [
     "FORMATS",
     "MaskDecoder",
     "SegDataset",
+    "add_statistics",
     "build_dataset",
     "check_dataset",
     "class_statistics",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -200,15 +201,16 @@ def accumulate_counts(per_image: list[np.ndarray], num_classes: int) -> dict[str
 
 
 class _MaskCounts(Dataset):
-    def __init__(self, dataset: SegDataset) -> None:
+    def __init__(self, dataset: SegDataset, indices: Sequence[int]) -> None:
         self.dataset = dataset
+        self.indices = indices
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.indices)
 
-    def __getitem__(self, index: int) -> np.ndarray | str:
+    def __getitem__(self, position: int) -> np.ndarray | str:
         """The sample's counts; with skip_bad_samples, the error of a sample training skips (image or mask)."""
-        dataset, info = self.dataset, self.dataset.info
+        dataset, info, index = self.dataset, self.dataset.info, self.indices[position]
         if not dataset.skip_bad_samples:
             return mask_counts(dataset.read_mask(index), info.num_classes, info.ignore_index)
         try:  # the same check as training's skip: both files decoded, sizes compared
@@ -236,9 +238,11 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def class_statistics(dataset: SegDataset, workers: int = 0, progress: bool = True) -> dict[str, Any]:
+def class_statistics(dataset: SegDataset, workers: int = 0, progress: bool = True,
+                     part: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Class frequencies of the decoded masks (no transform), read in ``workers`` processes (shown as progress
-    unless ``progress`` is False: DDP's other ranks count the same masks).
+    unless ``progress`` is False). ``part=(k, n)`` counts the samples k, k + n, k + 2n, ... only: DDP's ranks
+    share the counting, and :func:`add_statistics` of the n parts gives the whole dataset's.
 
     Returns ``class_pixels`` (pixels per class), ``present_pixels`` (per class, all
     pixels of the images that contain it: SegNet median-frequency weights),
@@ -246,9 +250,19 @@ def class_statistics(dataset: SegDataset, workers: int = 0, progress: bool = Tru
     With ``dataset.skip_bad_samples`` the samples training skips are left out
     (each logged) and counted in ``skipped``; without it a bad sample raises.
     """
-    rows = parallel_map(_MaskCounts(dataset), workers, "class statistics" if progress else None)
+    rows = parallel_map(_MaskCounts(dataset, range(part[0], len(dataset), part[1])), workers,
+                        "class statistics" if progress else None)
     errors = [row for row in rows if isinstance(row, str)]
     for error in errors:
         log.warning("class statistics: skipped %s", error)
     counts = accumulate_counts([row for row in rows if not isinstance(row, str)], dataset.info.num_classes)
     return {**counts, "skipped": len(errors)}
+
+
+def add_statistics(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The :func:`class_statistics` of a dataset from those of its disjoint parts: every entry is a count."""
+    total = dict(parts[0])
+    for part in parts[1:]:
+        for key, value in part.items():
+            total[key] = [a + b for a, b in zip(total[key], value)] if isinstance(value, list) else total[key] + value
+    return total

@@ -14,7 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from semseg.config import RunConfig, validate
-from semseg.data import build_dataset, class_statistics, dataset_info, eval_transform, train_transform
+from semseg.data import add_statistics, build_dataset, class_statistics, dataset_info, eval_transform, train_transform
 from semseg.data.splits import leakage_warning
 from semseg.engine import distributed as dist_utils
 from semseg.engine.optim import build_optimizer, build_scheduler
@@ -221,8 +221,12 @@ def setup_trainer(cfg: RunConfig, run_dir: Path, resume_state: dict | None = Non
     class_pixels = resume_state.get("class_pixels")
     stats = None
     weights_needed = isinstance(cfg.train.class_weights, str) and "class_weights" not in resume_state
-    if weights_needed or (class_pixels is None and cfg.train.reports and dist.is_main):
-        stats = class_statistics(train_set, workers=cfg.data.workers, progress=dist.is_main)
+    if weights_needed:  # every rank needs the weights: the ranks count a share of the masks each and add them up
+        part = class_statistics(train_set, workers=cfg.data.workers, progress=dist.is_main, part=(dist.rank, dist.world_size))
+        stats = add_statistics(dist_utils.gather_objects(part))
+    elif class_pixels is None and cfg.train.reports and dist.is_main:  # the report's chart only: rank 0 alone
+        stats = class_statistics(train_set, workers=cfg.data.workers)
+    if stats is not None:
         class_pixels = [int(n) for n in stats["class_pixels"]]
     if "class_weights" in resume_state:
         weights = resume_state["class_weights"]  # computed once, at the start of the run
