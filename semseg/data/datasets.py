@@ -8,9 +8,9 @@ decodes masks through the one lookup table (:mod:`semseg.data.masks`) and hands
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
