@@ -396,3 +396,34 @@ def test_hf_upernet_trains_its_auxiliary_head_and_predicts_without_it(tmp_path):
 
     export_checkpoint_checked(model.eval(), tmp_path / "inference.pt", (64, 64))
     assert not any(key.startswith("net.auxiliary_head.") for key in load_checkpoint(tmp_path / "inference.pt")["model"])
+    from semseg.export import export_checked
+
+    calls.clear()
+    assert export_checked(model, tmp_path / "upernet.onnx", (64, 64), dynamic=False)["agreement"] >= 0.999
+    assert calls == []  # the graph holds the decode head alone
+
+
+def test_hf_dpt_trains_its_auxiliary_head_with_transformers_own_loss(tmp_path):
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = _dpt(3, {0: "road", 1: "car", 2: "sky"}).eval()
+    assert net.config.use_auxiliary_head
+    net.save_pretrained(tmp_path / "dpt")
+    model = semseg.create_model(f"hf:{tmp_path / 'dpt'}", num_classes=3).eval()
+    assert model.has_aux
+    x, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    with torch.no_grad():
+        outputs = model.forward_aux(x)
+        reference = net(pixel_values=x, labels=labels)
+        predicted = model(x)
+    assert set(outputs) == {"out", "aux"} and outputs["aux"].shape == (2, 3, 64, 64)
+    torch.testing.assert_close(predicted, outputs["out"])
+    ours = F.cross_entropy(outputs["out"], labels) + net.config.auxiliary_loss_weight * F.cross_entropy(outputs["aux"], labels)
+    torch.testing.assert_close(ours, reference.loss)
+    # a wide input is padded to a square and the aux logits are cropped back like the main ones
+    with torch.no_grad():
+        wide = model.forward_aux(torch.randn(1, 3, 32, 64))
+    assert wide["out"].shape == wide["aux"].shape == (1, 3, 32, 64)
+    model.train().forward_aux(x)["aux"].sum().backward()
+    assert all(p.grad is not None for p in model.net.auxiliary_head.parameters())

@@ -144,7 +144,15 @@ SQUARE_INPUT = ("DPTForSemanticSegmentation",)
 
 
 class PixelLogitsModel(SegModel):
-    """A transformers ``*ForSemanticSegmentation`` model: its ``logits`` upsampled (bilinear) to the input size."""
+    """A transformers ``*ForSemanticSegmentation`` model: its ``logits`` upsampled (bilinear) to the input size.
+
+    Where the checkpoint has an auxiliary head (``net.auxiliary_head``: BEiT, DPT, Data2Vec, UperNet with
+    ``use_auxiliary_head``), ``forward_aux`` adds its logits as ``"aux"``, upsampled the same way, so that
+    semseg's loss trains it (``train.aux_weight``): transformers returns them only inside the loss it
+    computes from ``labels``, and a head whose weights get no gradient would stop a DDP run.
+    """
+
+    training_only_prefixes = ("net.auxiliary_head.",)
 
     def _logits(self, x: Tensor, with_aux: bool) -> dict[str, Tensor]:
         height, width = x.shape[-2:]
@@ -152,34 +160,44 @@ class PixelLogitsModel(SegModel):
             side = max(height, width)
             x = F.pad(x, (0, side - width, 0, side - height))
         kwargs = {"interpolate_pos_encoding": True} if self._interpolates else {}
-        logits = self.net(pixel_values=x, **kwargs).logits
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return {"out": logits[..., :height, :width]}
+        aux_head = getattr(self.net, "auxiliary_head", None) if with_aux else None
+        captured: list[Tensor] = []  # the auxiliary head's output, caught on its way (transformers drops it)
+        hook = None
+        if aux_head is not None:
+            hook = aux_head.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        try:
+            outputs = {"out": self.net(pixel_values=x, **kwargs).logits}
+        finally:
+            if hook is not None:
+                hook.remove()
+        if captured:
+            outputs["aux"] = captured[0]
+        return {key: _upsampled(value, x)[..., :height, :width] for key, value in outputs.items()}
 
     @property
     def _interpolates(self) -> bool:
         return "interpolate_pos_encoding" in inspect.signature(self.net.forward).parameters
 
 
+def _upsampled(logits: Tensor, x: Tensor) -> Tensor:
+    if logits.shape[-2:] == x.shape[-2:]:
+        return logits
+    return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class UperNetModel(PixelLogitsModel):
-    """transformers' ``UperNetForSemanticSegmentation`` with its auxiliary FCN head trained and kept out of prediction.
+    """transformers' ``UperNetForSemanticSegmentation`` with an auxiliary head: that head also kept out of prediction.
 
-    transformers runs the auxiliary head in every forward, prediction included,
-    and uses its logits only inside the loss it computes from ``labels``; so
+    transformers runs the auxiliary head in every forward, prediction included;
     this model runs the backbone and the two heads itself (the steps of
-    transformers' forward): ``forward_aux`` returns ``"aux"`` (trained with
-    ``train.aux_weight``, 0.4 like the config's ``auxiliary_loss_weight``),
-    ``model(x)`` and exported graphs run the decode head alone.
+    transformers' forward), so ``model(x)`` and exported graphs run the decode
+    head alone, and ``forward_aux`` adds ``"aux"`` as for every auxiliary head.
     """
-
-    training_only_prefixes = ("net.auxiliary_head.",)
 
     def _logits(self, x: Tensor, with_aux: bool) -> dict[str, Tensor]:
         features = self.net.backbone.forward_with_filtered_kwargs(x).feature_maps
         heads = {"out": self.net.decode_head, "aux": self.net.auxiliary_head} if with_aux else {"out": self.net.decode_head}
-        return {key: F.interpolate(head(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
-                for key, head in heads.items()}
+        return {key: _upsampled(head(features), x) for key, head in heads.items()}
 
 
 def _encoder_path(net: nn.Module) -> str:
@@ -204,7 +222,8 @@ def wrap(net: nn.Module) -> SegModel:
     elif arch == "UperNetForSemanticSegmentation" and getattr(net, "auxiliary_head", None) is not None:
         model = UperNetModel(net, num_classes, _encoder_path(net), size_divisor=32, has_aux=True)
     elif arch.endswith("ForSemanticSegmentation"):
-        model = PixelLogitsModel(net, num_classes, _encoder_path(net), size_divisor=32)
+        has_aux = getattr(net, "auxiliary_head", None) is not None
+        model = PixelLogitsModel(net, num_classes, _encoder_path(net), size_divisor=32, has_aux=has_aux)
     else:
         raise SemsegError(f"transformers model {arch} is not a semantic segmentation model semseg can run; it takes "
                           f"*ForSemanticSegmentation models and {', '.join(MASK_CLASSIFICATION)}")
