@@ -434,6 +434,31 @@ def test_ddp_two_processes_match_one(tiny_camvid, tmp_path):
     assert weights == pytest.approx(expected, rel=1e-6) and len(set(expected)) > 1
 
 
+def test_ddp_trains_a_model_whose_aux_head_is_switched_off(tiny_camvid, tmp_path):
+    # train.aux_weight=0 leaves the aux head out of the forward; DDP refuses weights that get no gradient
+    # unless they are held still
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "semseg", "train", "--processes", "2", "--run-dir", str(run),
+                           f"data.root={tiny_camvid}", *FAST, "train.epochs=2", "train.aux_weight=0",
+                           "model.kwargs={aux_loss: true}", "train.reports=false"],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line["epoch"] for line in _metrics(run)] == [1, 2]
+    assert any(key.startswith("net.aux_classifier.") for key in load_checkpoint(run / "last.pt")["model"])
+
+
+def test_without_aux_loss_only_the_training_heads_are_held_still():
+    from semseg.engine.step import train_forward
+    from semseg.models import create_model
+
+    model = create_model("lraspp_mobilenet_v3_large", 3, aux_loss=True)
+    assert train_forward(model, 0.4).with_aux and all(p.requires_grad for p in model.parameters())
+    assert not train_forward(model, 0.0).with_aux
+    still = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert still and all(name.startswith("net.aux_classifier.") for name in still)
+    assert len(still) == len([n for n, _ in model.named_parameters() if n.startswith("net.aux_classifier.")])
+
+
 def test_launched_processes_get_their_ranks_and_threads_and_a_failure_stops_the_rest():
     from semseg.engine.distributed import launch_local
 

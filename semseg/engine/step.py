@@ -29,8 +29,16 @@ class TrainForward(nn.Module):
 
 def train_forward(model: nn.Module, aux_weight: float) -> TrainForward:
     """``model``'s training forward: with its aux heads where their loss counts (``aux_weight`` > 0), and always
-    for set-prediction models, which train on the queries that only ``forward_aux`` returns."""
+    for set-prediction models, which train on the queries that only ``forward_aux`` returns. Without them,
+    the training-only heads' weights are set not to require gradients."""
     with_aux = bool(getattr(model, "has_aux", False)) and (aux_weight > 0 or getattr(model, "set_prediction", False))
+    if not with_aux:
+        # the heads only forward_aux runs get no gradient: they are held still (requires_grad off), as DDP
+        # needs a gradient for every weight that asks for one (it stops the run otherwise)
+        training_only = tuple(getattr(model, "training_only_prefixes", ()))
+        for name, param in model.named_parameters():
+            if training_only and name.startswith(training_only):
+                param.requires_grad_(False)
     return TrainForward(model, with_aux)
 
 
