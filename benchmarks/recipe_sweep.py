@@ -89,7 +89,7 @@ VARIANTS: dict[str, tuple[list[str], int]] = {
     "aux_s4_batch4_crop360": ([CROP_360, BATCH_4, "model.kwargs={low_level_stride: 4, aux_loss: true}",
                                "train.aux_weight=0.4"], STEPS_360),
     # the recipe now with ClassMix on half the samples (data.class_mix: half the classes of another crop of the
-    # batch pasted, image and label; about 1.5% of a CPU step: BENCHMARKS.md, "ClassMix on both folds")
+    # batch pasted, image and label; its cost per step: BENCHMARKS.md, "ClassMix between the crops of a batch")
     "classmix05_s4_batch4_crop360": ([CROP_360, BATCH_4, STRIDE_4, "data.class_mix=0.5"], STEPS_360),
 }
 # training frames of each holdout (train+val less the held-out sequence); batches drop_last
