@@ -420,6 +420,28 @@ def test_table_shows_percentages_per_class_then_the_means():
     assert lines[-1] == "mIoU 58.33   mean acc 83.33   mDice 73.33   pixel acc 75.00   fwIoU 62.50   (1 image)"
 
 
+def test_table_gives_the_pred_to_gt_pixel_ratio_and_names_classes_two_times_off():
+    cm = ConfusionMatrix(4)
+    # GT: 10 a, 10 b, 10 c, no d; predicted: 4 a, 25 b (6 of a, all of b, 9 of c), 1 c
+    gt = np.array([[0] * 10 + [1] * 10 + [2] * 10], np.uint8)
+    pred = np.array([[0] * 4 + [1] * 6 + [1] * 10 + [1] * 9 + [2]], np.uint8)
+    cm.update(pred, gt)
+    text = format_report(report(cm, ["a", "b", "c", "d"]))
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[2:6]}
+    assert rows["a"][-1] == "0.40x" and rows["b"][-1] == "2.50x" and rows["c"][-1] == "0.10x"
+    assert rows["d"][-1] == "-"  # no ground-truth pixels: no ratio
+    assert "over-predicted (pred/GT pixels >= 2x): b 2.50x" in text.splitlines()
+    assert "under-predicted (pred/GT pixels <= 0.5x): a 0.40x, c 0.10x" in text.splitlines()
+
+
+def test_table_names_no_class_when_every_ratio_is_within_two_times():
+    cm = ConfusionMatrix(2)
+    cm.update(np.array([[0, 0, 1, 1, 1, 0]], np.uint8), np.array([[0, 0, 0, 1, 1, 1]], np.uint8))
+    text = format_report(report(cm))
+    assert [line.split()[-1] for line in text.splitlines()[2:4]] == ["1.00x", "1.00x"]
+    assert "predicted (pred/GT" not in text
+
+
 # ---------------------------------------------------------------- peers: torchmetrics
 
 

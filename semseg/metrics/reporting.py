@@ -80,19 +80,52 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+# A class predicted on at least this many times its labelled pixels (or at most its inverse) is named under
+# the table: how class weights that are too strong show on unseen images (CamVid's rare classes predicted on
+# 3-5x their pixels) while their IoU alone looks merely low.
+PIXEL_RATIO_FLAG = 2.0
+
+
+def _pixel_ratio(row: dict[str, Any]) -> float | None:
+    return row["pred_pixels"] / row["gt_pixels"] if row["gt_pixels"] else None
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def _pixel_ratio_flags(per_class: dict[str, dict[str, Any]]) -> list[str]:
+    """Lines naming the classes predicted on >= PIXEL_RATIO_FLAG times (or <= its inverse) their GT pixels."""
+    ratios = {name: _pixel_ratio(row) for name, row in per_class.items()}
+    over = [f"{name} {_ratio_text(r)}" for name, r in ratios.items() if r is not None and r >= PIXEL_RATIO_FLAG]
+    under = [f"{name} {_ratio_text(r)}" for name, r in ratios.items() if r is not None and r <= 1 / PIXEL_RATIO_FLAG]
+    lines = []
+    if over:
+        lines.append(f"over-predicted (pred/GT pixels >= {PIXEL_RATIO_FLAG:g}x): {', '.join(over)}")
+    if under:
+        lines.append(f"under-predicted (pred/GT pixels <= {1 / PIXEL_RATIO_FLAG:g}x): {', '.join(under)}")
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """A per-class table (percentages, 2 decimals) followed by the means, from a :func:`report` dict."""
+    """A per-class table (percentages, 2 decimals; pixel counts and their ratio) followed by the means.
+
+    Classes predicted on at least :data:`PIXEL_RATIO_FLAG` times their ground-truth pixels, or at most its
+    inverse, are named under the table.
+    """
     per_class = report["per_class"]
     keys = CLASS_KEYS + (("boundary_iou",) if "mboundary_iou" in report else ())
     titles = {"iou": "IoU", "acc": "acc", "precision": "prec", "dice": "dice", "boundary_iou": "bIoU"}
     width = max([len("class"), *(len(name) for name in per_class)])
     columns = " ".join(f"{titles[key]:>7}" for key in keys)
-    header = f"{'class':<{width}}  {columns}  {'GT pixels':>13} {'pred pixels':>13}"
+    header = f"{'class':<{width}}  {columns}  {'GT pixels':>13} {'pred pixels':>13} {'pred/GT':>8}"
     lines = [header, "-" * len(header)]
     for name, row in per_class.items():
         scores = " ".join(f"{_percent(row[key]):>7}" for key in keys)
-        lines.append(f"{name:<{width}}  {scores}  {row['gt_pixels']:>13,} {row['pred_pixels']:>13,}")
+        lines.append(f"{name:<{width}}  {scores}  {row['gt_pixels']:>13,} {row['pred_pixels']:>13,} "
+                     f"{_ratio_text(_pixel_ratio(row)):>8}")
     lines.append("-" * len(header))
+    lines.extend(_pixel_ratio_flags(per_class))
     if any(row[key] is None for row in per_class.values() for key in keys):
         lines.append("-: undefined (the class has no ground-truth pixels, or no pixels at all); left out of the means")
     boundary = ""
