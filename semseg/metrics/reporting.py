@@ -94,9 +94,8 @@ def _ratio_text(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
 
 
-def _pixel_ratio_flags(per_class: dict[str, dict[str, Any]]) -> list[str]:
+def _pixel_ratio_flags(ratios: dict[str, float | None]) -> list[str]:
     """Lines naming the classes predicted on >= PIXEL_RATIO_FLAG times (or <= its inverse) their GT pixels."""
-    ratios = {name: _pixel_ratio(row) for name, row in per_class.items()}
     over = [f"{name} {_ratio_text(r)}" for name, r in ratios.items() if r is not None and r >= PIXEL_RATIO_FLAG]
     under = [f"{name} {_ratio_text(r)}" for name, r in ratios.items() if r is not None and r <= 1 / PIXEL_RATIO_FLAG]
     lines = []
@@ -114,6 +113,7 @@ def format_report(report: dict[str, Any]) -> str:
     inverse, are named under the table.
     """
     per_class = report["per_class"]
+    ratios = {name: _pixel_ratio(row) for name, row in per_class.items()}
     keys = CLASS_KEYS + (("boundary_iou",) if "mboundary_iou" in report else ())
     titles = {"iou": "IoU", "acc": "acc", "precision": "prec", "dice": "dice", "boundary_iou": "bIoU"}
     width = max([len("class"), *(len(name) for name in per_class)])
@@ -123,9 +123,9 @@ def format_report(report: dict[str, Any]) -> str:
     for name, row in per_class.items():
         scores = " ".join(f"{_percent(row[key]):>7}" for key in keys)
         lines.append(f"{name:<{width}}  {scores}  {row['gt_pixels']:>13,} {row['pred_pixels']:>13,} "
-                     f"{_ratio_text(_pixel_ratio(row)):>8}")
+                     f"{_ratio_text(ratios[name]):>8}")
     lines.append("-" * len(header))
-    lines.extend(_pixel_ratio_flags(per_class))
+    lines.extend(_pixel_ratio_flags(ratios))
     if any(row[key] is None for row in per_class.values() for key in keys):
         lines.append("-: undefined (the class has no ground-truth pixels, or no pixels at all); left out of the means")
     boundary = ""
