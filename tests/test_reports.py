@@ -20,6 +20,7 @@ from semseg.errors import SemsegError
 from semseg.metrics import ConfusionMatrix, report
 from semseg.reports.figures import class_iou_figure, class_pixels_figure, confusion_figure, results_figure
 from semseg.reports.gallery import FramePicker, GalleryRow, error_map, frame_iou, gallery
+from semseg.reports.html import render_html
 from semseg.reports.report import CSV_KEYS, ReportInputs, write_report, write_results_csv
 
 NAMES = ["road", "sky", "car"]
@@ -172,6 +173,21 @@ def test_write_report_is_self_contained_and_names_its_files(tmp_path):
     assert all(name in text for name in NAMES)
 
 
+def test_report_html_marks_the_pred_to_gt_ratios_two_times_off():
+    matrix = ConfusionMatrix(3, 255)  # GT pixels 2, 1, 0; predicted 1, 2 (the ignored pixel is not counted)
+    matrix.update(torch.tensor([[0, 1, 1, 2]]), torch.tensor([[0, 1, 0, 255]]))
+    page = render_html("t", {}, report(matrix, NAMES), PALETTE, {})
+    cells = re.findall(r'<td class="(num(?: flag)?)">([^<]*)</td></tr>', page)  # each row's last cell
+    assert cells == [("num flag", "0.50x"), ("num flag", "2.00x"), ("num", "&ndash;")]
+    assert f"over-predicted (pred/GT pixels &gt;= 2x): {NAMES[1]} 2.00x" in page
+    assert f"under-predicted (pred/GT pixels &lt;= 0.5x): {NAMES[0]} 0.50x" in page
+    balanced = ConfusionMatrix(2, 255)
+    balanced.update(torch.tensor([[0, 1, 1]]), torch.tensor([[0, 0, 1]]))  # ratios 0.5x and 2x are the edges
+    balanced.update(torch.tensor([[0, 0, 1]]), torch.tensor([[0, 0, 1]]))  # now 3/4 and 3/2: nothing flagged
+    page = render_html("t", {}, report(balanced, NAMES[:2]), PALETTE, {})
+    assert "flag" not in page.split("</style>")[1] and "0.75x" in page and "1.50x" in page
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_camvid, tmp_path_factory) -> Path:
     """A 2-epoch training on the tiny CamVid sample (reports on, as by default)."""
@@ -216,7 +232,7 @@ def test_report_html_renders_in_chromium_with_its_images(trained_run, browser, t
     for image in images:  # every embedded figure decoded
         assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 100
     body = browser.find_element("tag name", "body").text
-    assert "Sky" in body and "Building" in body and "mIoU" in body
+    assert "Sky" in body and "Building" in body and "mIoU" in body and "pred/GT" in body
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot))
     with Image.open(shot) as picture:

@@ -34,7 +34,8 @@ _EXPORTS = {
     "ConfusionMatrix": "confusion",
     "LabelValueError": "counting",
     **dict.fromkeys(["pair_label_files", "score", "score_folders"], "folders"),
-    **dict.fromkeys(["check_class_names", "default_class_names", "format_report", "report", "report_json"], "reporting"),
+    **dict.fromkeys(["PIXEL_RATIO_FLAG", "check_class_names", "default_class_names", "format_report", "pixel_ratio",
+                     "pixel_ratio_flagged", "pixel_ratio_flags", "pixel_ratio_text", "report", "report_json"], "reporting"),
     **dict.fromkeys(["CLASS_KEYS", "MEAN_KEYS", "collapse_warning", "compute_scores"], "scores"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -86,18 +86,26 @@ def _plural(count: int, noun: str) -> str:
 PIXEL_RATIO_FLAG = 2.0
 
 
-def _pixel_ratio(row: dict[str, Any]) -> float | None:
+def pixel_ratio(row: dict[str, Any]) -> float | None:
+    """A per-class row's predicted pixels over its ground-truth pixels; None when it has no ground truth."""
     return row["pred_pixels"] / row["gt_pixels"] if row["gt_pixels"] else None
 
 
-def _ratio_text(ratio: float | None) -> str:
+def pixel_ratio_flagged(ratio: float | None) -> bool:
+    """Whether a :func:`pixel_ratio` is at least :data:`PIXEL_RATIO_FLAG` or at most its inverse."""
+    return ratio is not None and (ratio >= PIXEL_RATIO_FLAG or ratio <= 1 / PIXEL_RATIO_FLAG)
+
+
+def pixel_ratio_text(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
 
 
-def _pixel_ratio_flags(ratios: dict[str, float | None]) -> list[str]:
-    """Lines naming the classes predicted on >= PIXEL_RATIO_FLAG times (or <= its inverse) their GT pixels."""
-    over = [f"{name} {_ratio_text(r)}" for name, r in ratios.items() if r is not None and r >= PIXEL_RATIO_FLAG]
-    under = [f"{name} {_ratio_text(r)}" for name, r in ratios.items() if r is not None and r <= 1 / PIXEL_RATIO_FLAG]
+def pixel_ratio_flags(ratios: dict[str, float | None]) -> list[str]:
+    """Lines naming the classes predicted on >= PIXEL_RATIO_FLAG times (or <= its inverse) their GT pixels,
+    ``ratios`` mapping class names to :func:`pixel_ratio`; no line when none is flagged."""
+    flagged = {name: r for name, r in ratios.items() if pixel_ratio_flagged(r)}
+    over = [f"{name} {pixel_ratio_text(r)}" for name, r in flagged.items() if r >= PIXEL_RATIO_FLAG]
+    under = [f"{name} {pixel_ratio_text(r)}" for name, r in flagged.items() if r < PIXEL_RATIO_FLAG]
     lines = []
     if over:
         lines.append(f"over-predicted (pred/GT pixels >= {PIXEL_RATIO_FLAG:g}x): {', '.join(over)}")
@@ -113,7 +121,7 @@ def format_report(report: dict[str, Any]) -> str:
     inverse, are named under the table.
     """
     per_class = report["per_class"]
-    ratios = {name: _pixel_ratio(row) for name, row in per_class.items()}
+    ratios = {name: pixel_ratio(row) for name, row in per_class.items()}
     keys = CLASS_KEYS + (("boundary_iou",) if "mboundary_iou" in report else ())
     titles = {"iou": "IoU", "acc": "acc", "precision": "prec", "dice": "dice", "boundary_iou": "bIoU"}
     width = max([len("class"), *(len(name) for name in per_class)])
@@ -123,9 +131,9 @@ def format_report(report: dict[str, Any]) -> str:
     for name, row in per_class.items():
         scores = " ".join(f"{_percent(row[key]):>7}" for key in keys)
         lines.append(f"{name:<{width}}  {scores}  {row['gt_pixels']:>13,} {row['pred_pixels']:>13,} "
-                     f"{_ratio_text(ratios[name]):>8}")
+                     f"{pixel_ratio_text(ratios[name]):>8}")
     lines.append("-" * len(header))
-    lines.extend(_pixel_ratio_flags(ratios))
+    lines.extend(pixel_ratio_flags(ratios))
     if any(row[key] is None for row in per_class.values() for key in keys):
         lines.append("-: undefined (the class has no ground-truth pixels, or no pixels at all); left out of the means")
     boundary = ""

@@ -7,7 +7,7 @@ import base64
 import html
 from typing import Any, Sequence
 
-from semseg.metrics import CLASS_KEYS
+from semseg.metrics import CLASS_KEYS, pixel_ratio, pixel_ratio_flagged, pixel_ratio_flags, pixel_ratio_text
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto;
@@ -21,6 +21,7 @@ th { text-align: left; background: #f5f5f5; } td.num, th.num { text-align: right
 img { max-width: 100%; height: auto; border: 1px solid #eee; } figure { margin: 12px 0; }
 figcaption { color: #555; font-size: 0.85em; } .row { display: flex; flex-wrap: wrap; gap: 16px; }
 .row figure { flex: 1 1 480px; } .note { color: #666; font-size: 0.85em; }
+td.flag { background: #ffd8a8; font-weight: 600; } .flags { color: #8a4b00; font-size: 0.9em; }
 """
 
 
@@ -56,9 +57,13 @@ def _facts_table(facts: dict[str, Any]) -> str:
 
 
 def _class_table(scores: dict[str, Any], palette: Sequence[Sequence[int]]) -> str:
+    """The per-class table of ``semseg score``'s text report, with the pred/GT pixel ratios at 2x or more (or
+    half or less) marked in their cell and named under the table."""
     keys = CLASS_KEYS + (("boundary_iou",) if "mboundary_iou" in scores else ())  # semseg val adds boundary IoU
     head = "".join(f'<th class="num">{_e(k)} %</th>' for k in keys)
-    lines = [f'<table><tr><th>id</th><th>class</th>{head}<th class="num">GT pixels</th><th class="num">pred pixels</th></tr>']
+    lines = [f'<table><tr><th>id</th><th>class</th>{head}<th class="num">GT pixels</th><th class="num">pred pixels</th>'
+             '<th class="num">pred/GT</th></tr>']
+    ratios = {name: pixel_ratio(row) for name, row in scores["per_class"].items()}
     for c, (name, row) in enumerate(scores["per_class"].items()):
         r, g, b = (int(v) for v in palette[c])
         iou = row["iou"]
@@ -66,11 +71,15 @@ def _class_table(scores: dict[str, Any], palette: Sequence[Sequence[int]]) -> st
         cells = "".join(
             f'<td class="num"{shade if key == "iou" else ""}>{_percent(row[key])}</td>' for key in keys
         )
+        ratio_class = "num flag" if pixel_ratio_flagged(ratios[name]) else "num"
+        ratio = "&ndash;" if ratios[name] is None else _e(pixel_ratio_text(ratios[name]))
         lines.append(
             f'<tr><td class="num">{c}</td><td><span class="swatch" style="background: rgb({r},{g},{b})"></span>{_e(name)}'
-            f'</td>{cells}<td class="num">{row["gt_pixels"]:,}</td><td class="num">{row["pred_pixels"]:,}</td></tr>'
+            f'</td>{cells}<td class="num">{row["gt_pixels"]:,}</td><td class="num">{row["pred_pixels"]:,}</td>'
+            f'<td class="{ratio_class}">{ratio}</td></tr>'
         )
     lines.append("</table>")
+    lines.extend(f"<p class='flags'>{_e(line)}</p>" for line in pixel_ratio_flags(ratios))
     return "".join(lines)
 
 
