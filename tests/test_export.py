@@ -339,6 +339,74 @@ def test_export_half_checkpoint_halves_the_file_and_predicts_the_same(zoo_checkp
     assert (Predictor(reloaded, precision="fp32")(rgb(45, 70)) == Predictor(model, precision="fp32")(rgb(45, 70))).mean() >= 0.999
 
 
+def test_export_int8_checkpoint_stores_the_large_weights_in_int8_and_predicts_the_same(zoo_checkpoint, tmp_path, capsys):
+    from semseg.checkpoint import load_checkpoint
+    from semseg.models import load_model
+    from semseg.models.weights import INT8_MIN_ELEMENTS
+
+    path, model = zoo_checkpoint
+    out = tmp_path / "int8.pt"
+    assert main(["export", "--checkpoint", str(path), "--format", "semseg", "--int8", "--out", str(out),
+                 "--size", "64", "96"]) == 0
+    assert "int8 and float16 weights" in capsys.readouterr().out
+    state = load_checkpoint(out)
+    original = model.state_dict()
+    large = {k for k, v in original.items() if v.is_floating_point() and v.ndim >= 2 and v.numel() >= INT8_MIN_ELEMENTS}
+    assert large and set(state["int8_weights"]) == large and set(state["int8_scales"]) == large
+    assert not large & set(state["model"])  # an older loader finds them missing instead of loading int8 as floats
+    assert {v.dtype for v in state["int8_weights"].values()} == {torch.int8}
+    assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float16}
+    assert out.stat().st_size < 0.4 * path.stat().st_size
+    reloaded = load_model(out)
+    assert all(p.dtype == torch.float32 for p in reloaded.parameters())
+    # the reference: symmetric int8, the largest magnitude of each output channel at 127
+    key = sorted(large)[0]
+    weight = original[key].numpy().reshape(original[key].shape[0], -1)
+    scale = np.abs(weight).max(axis=1, keepdims=True) / 127
+    expected = (np.clip(np.round(weight / scale), -127, 127) * scale).reshape(original[key].shape)
+    np.testing.assert_allclose(reloaded.state_dict()[key].numpy(), expected, rtol=1e-6, atol=1e-8)
+    assert np.abs(reloaded.state_dict()[key].numpy() - original[key].numpy()).max() <= scale.max() / 2 + 1e-8
+    assert (Predictor(reloaded, precision="fp32")(rgb(45, 70)) == Predictor(model, precision="fp32")(rgb(45, 70))).mean() >= 0.999
+
+
+@pytest.fixture(scope="module")
+def int8_export(zoo_checkpoint, tmp_path_factory):
+    from semseg.export import export_model
+
+    path = tmp_path_factory.mktemp("int8") / "int8.pt"
+    export_model(zoo_checkpoint[1], path, "semseg", size=(32, 48), int8=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda s: s["int8_scales"].pop(sorted(s["int8_scales"])[0]), "lacks its scales"),
+        (lambda s: s["int8_scales"].update({k: v[:-1] for k, v in s["int8_scales"].items()}), "lacks its scales"),
+        (lambda s: s["int8_weights"].update({k: v.float() for k, v in s["int8_weights"].items()}), "is not an int8 tensor"),
+        (lambda s: s["int8_scales"].update({"net.no.such.weight": torch.ones(3)}), "entries without an int8 weight"),
+        (lambda s: s.update(int8_scales=[1.0]), "must be dicts"),
+    ],
+)
+def test_a_damaged_int8_checkpoint_is_refused_naming_the_file_and_the_entry(int8_export, tmp_path, capsys, damage, message):
+    from PIL import Image
+
+    from semseg.checkpoint import load_checkpoint, save_checkpoint
+    from semseg.models import load_model
+
+    state = load_checkpoint(int8_export)
+    damage(state)
+    state.pop("format"), state.pop("version")
+    save_checkpoint(state, tmp_path / "bad.pt")
+    with pytest.raises(SemsegError, match=f"bad.pt: .*{message}"):
+        load_model(tmp_path / "bad.pt")
+    capsys.readouterr()
+    Image.fromarray(rgb(24, 32)).save(tmp_path / "street.png")
+    assert main(["predict", str(tmp_path / "street.png"), "--checkpoint", str(tmp_path / "bad.pt"),
+                 "--out", str(tmp_path / "pred")]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_export_checkpoint_fails_its_parity_check_and_keeps_the_existing_file(zoo_checkpoint, tmp_path, monkeypatch):
     from semseg.models import load_model
 
@@ -362,6 +430,7 @@ def test_export_checkpoint_fails_its_parity_check_and_keeps_the_existing_file(zo
         (["--format", "onnx", "--half"], "--half applies to --format semseg"),
         (["--format", "semseg", "--dynamic"], "--dynamic applies to --format onnx"),
         (["--format", "semseg", "--fixed"], "--fixed applies to --format onnx"),
+        (["--format", "semseg", "--int8", "--calib", "images"], "--format semseg --int8 stores the weights in int8"),
     ],
 )
 def test_export_format_flags_that_do_not_fit(zoo_checkpoint, tmp_path, capsys, args, message):

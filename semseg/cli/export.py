@@ -18,7 +18,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--int8", action="store_true",
                    help="onnx, openvino: quantize to int8 (NNCF), calibrated on --calib and refused when its mIoU on "
-                   "--labels is more than --max-drop points below float32's")
+                   "--labels is more than --max-drop points below float32's; semseg: store the large convolution "
+                   "weights in int8 (one scale per output channel) and the rest in float16, run in float32 after "
+                   "loading, refused below the parity check's argmax agreement")
     p.add_argument("--calib", nargs="+", default=None, metavar="SOURCE",
                    help="--int8: calibration images (files, folders, globs), also scored against --labels")
     p.add_argument("--labels", default=None, metavar="DIR", help="--int8: label maps named like the --calib images")
@@ -53,6 +55,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
     if not args.int8 and (args.max_drop is not None or args.no_gate or args.ignore_index is not None):
         raise SemsegError("--max-drop, --no-gate and --ignore-index gate an int8 export: add --int8")
+    if args.format == "semseg" and (args.max_drop is not None or args.no_gate or args.ignore_index is not None):
+        raise SemsegError("--max-drop, --no-gate and --ignore-index gate an onnx or openvino int8 graph on labelled "
+                          "images; --format semseg --int8 is gated by the parity check alone")
     check_export_options(args.format, args.half, args.dynamic, args.int8, args.calib, args.labels, args.out)  # before the model loads
     if args.checkpoint is None and args.model is None and args.weights is None and args.num_classes is None:
         print(f"exporting the embedded default model ({default_model_path()}); --checkpoint or --model names another")
@@ -78,7 +83,7 @@ def _run_export(args: argparse.Namespace) -> int:
     agreement = (f"on {report['batches']} sample batches: argmax agreement {100 * report['agreement']:.3f}%, "
                  f"max logit difference {report['max_abs_diff']:.2e}")
     if args.format == "semseg":
-        kind = "float16" if args.half else "float32"
+        kind = "int8 and float16" if args.int8 else "float16" if args.half else "float32"
         print(f"exported {model.model_name} to {args.out} ({kind} weights, {Path(args.out).stat().st_size / 1e6:.1f} MB)")
         print(f"parity with the original weights {agreement}")
     else:

@@ -50,9 +50,10 @@ def check_export_options(
     if dynamic is not None and fmt not in GRAPH_FORMATS:
         flag = "--dynamic" if dynamic else "--fixed"
         raise SemsegError(f"{flag} applies to --format onnx or openvino (a semseg checkpoint takes any size)")
-    if int8 and fmt not in GRAPH_FORMATS:
-        raise SemsegError("--int8 applies to --format onnx or openvino")
-    if int8 and (not calib or labels is None):
+    if int8 and fmt == "semseg" and (calib or labels is not None):
+        raise SemsegError("--format semseg --int8 stores the weights in int8 and needs no calibration: "
+                          "leave out --calib and --labels (they calibrate an onnx or openvino int8 graph)")
+    if int8 and fmt in GRAPH_FORMATS and (not calib or labels is None):
         raise SemsegError("--int8 needs --calib DIR (images to calibrate on) and --labels DIR (their label maps): "
                           "the int8 model is refused when it loses more than --max-drop mIoU points on them")
     if not int8 and (calib or labels is not None):
@@ -90,7 +91,8 @@ only (False), or any where the model allows it (None). ``half`` (semseg): float1
     ``provenance``: entries of the training checkpoint an inference checkpoint keeps.
     ``int8`` (onnx, openvino): quantized on the ``calib`` images and gated on
     their ``labels``, scored without ``ignore_index`` (default: the model's)
-    (:func:`semseg.export.quantize.quantize_checked`).
+    (:func:`semseg.export.quantize.quantize_checked`); (semseg) the large weights
+    stored in int8, run in float32 after loading, gated by the argmax parity check.
     """
     check_export_options(fmt, half, dynamic, int8, calib, labels, out)
     remove_stale_temporaries(Path(out).parent, Path(out).name)  # of an export killed by SIGKILL
@@ -99,11 +101,11 @@ only (False), or any where the model allows it (None). ``half`` (semseg): float1
     if logit_offset is not None:
         model.pretrained_cfg = replace(ModelMeta.of(model), logit_offset=logit_offset)  # ModelMeta makes it a float tuple
     size = as_size(size, "--size") or ModelMeta.of(model).input_size or DEFAULT_EXPORT_SIZE
-    if int8:
+    if fmt == "semseg":
+        report = export_checkpoint_checked(model, out, size, half, provenance, int8)
+    elif int8:
         report = quantize_checked(model, out, fmt, calib or [], labels or "", size, dynamic, opset, max_drop, gate,
                                   ignore_index)
-    elif fmt == "semseg":
-        report = export_checkpoint_checked(model, out, size, half, provenance)
     elif fmt == "openvino":
         report = export_openvino_checked(model, out, size, dynamic, opset)
     else:

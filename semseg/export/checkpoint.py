@@ -14,6 +14,7 @@ from semseg.export.parity import compare_logits, export_progress, fail_unless_pa
 from semseg.io import staged_path
 from semseg.meta import ModelMeta
 from semseg.models.factory import load_model
+from semseg.models.weights import int8_weights
 from semseg.predict.functional import Size
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,14 @@ PROVENANCE_KEYS = ("config", "metrics", "best_miou", "best_epoch", "epoch", "cla
 
 
 def export_checkpoint(
-    model: nn.Module, path: str | os.PathLike, half: bool = False, provenance: dict[str, Any] | None = None
+    model: nn.Module, path: str | os.PathLike, half: bool = False, provenance: dict[str, Any] | None = None,
+    int8: bool = False,
 ) -> Path:
     """Write an inference checkpoint: the weights (float16 with ``half``: half the size) and the metadata.
+
+    ``int8``: the large convolution and linear weights in int8 with one scale per output channel, the
+    rest in float16 (:func:`semseg.models.weights.int8_weights`; about a third of float32's size for
+    a convolutional network); they load back as float32 weights and run in float32.
 
     It loads like any semseg checkpoint (:func:`semseg.models.load_model`,
     ``--checkpoint``), back into float32 weights; no optimizer state is kept,
@@ -45,12 +51,15 @@ def export_checkpoint(
         model_name=model.model_name, model_kwargs=dict(model.model_kwargs),
         model_meta=model.pretrained_cfg.to_dict(), model=weights,
     )
+    if int8:
+        state["model"], state["int8_weights"], state["int8_scales"] = int8_weights(weights)
     save_checkpoint(state, path)
     return Path(path)
 
 
 def export_checkpoint_checked(
-    model: nn.Module, path: str | os.PathLike, input_size: Size, half: bool = False, provenance: dict[str, Any] | None = None
+    model: nn.Module, path: str | os.PathLike, input_size: Size, half: bool = False, provenance: dict[str, Any] | None = None,
+    int8: bool = False,
 ) -> dict[str, Any]:
     """Export to a temporary file, reload it, check its logits against ``model``, then replace ``path``.
 
@@ -60,7 +69,7 @@ def export_checkpoint_checked(
     meta = ModelMeta.of(model)
     inputs = parity_inputs(input_size, meta.mean, meta.std)
     with staged_path(path) as staged, export_progress(1 + len(inputs), log) as progress:
-        export_checkpoint(model, staged, half, provenance)
+        export_checkpoint(model, staged, half, provenance, int8)
         progress.update(1, check="checkpoint written")
         report = compare_logits(model, load_model(staged), inputs, f"{path}:", progress)
         fail_unless_parity(report, path, "the exported weights agree with the original")

@@ -29,7 +29,7 @@ from semseg.models import fcn8s, realtime, smp_zoo, torchvision_zoo, transformer
 from semseg.models.base import SegModel
 from semseg.models.norms import convert_norm
 from semseg.models.registry import ModelBuilder, close_names, registered_builder
-from semseg.models.weights import load_state, load_weights
+from semseg.models.weights import dequantize, load_state, load_weights
 
 NORMS = ("bn", "gn", "syncbn")
 # create_model kwargs that only say where weights come from: not kept in model_kwargs,
@@ -140,7 +140,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         model = create_model(name, meta["num_classes"], **kwargs)
     except SemsegError as exc:
         raise SemsegError(f"{path}: cannot rebuild its model {name!r} (kwargs {kwargs}): {exc}") from None
-    load_state(model, state["model"], source=str(path), new_head_ok=False, from_model=name)
+    load_state(model, dequantize(state, str(path)), source=str(path), new_head_ok=False, from_model=name)
     model.pretrained_cfg = replace(ModelMeta.from_dict(meta), source=str(path))
     return model.to(map_location).eval()
 

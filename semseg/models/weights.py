@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from semseg.checkpoint import CHECKPOINT_FORMAT, load_file
@@ -139,12 +140,72 @@ def _class_count_message(model: SegModel, state: dict[str, Tensor], fit: StateFi
     )
 
 
+# ------------------------------------------------------------------ int8 weight storage of inference checkpoints
+# torch's own per-channel quantized tensors (torch.quantize_per_channel) would hold these, but torch deprecates
+# them for removal; two plain tensors per weight (int8 values, float32 scales) load with weights_only=True in
+# any torch. They live beside "model", not in it, so a semseg without this code refuses such a file with
+# "missing keys" instead of loading int8 values as float weights.
+INT8_MIN_ELEMENTS = 2**16  # smaller tensors stay float16: the early and depthwise layers, few bytes but most of the error
+
+
+def int8_weights(
+    state: dict[str, Tensor], min_elements: int = INT8_MIN_ELEMENTS
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """Split ``state`` into (float16 and non-float entries, int8 weights, their scales), keyed like ``state``.
+
+    A floating tensor of two or more dimensions (a convolution's or linear layer's weight) with at least
+    ``min_elements`` elements is stored as int8, symmetric, one float32 scale per output channel (dim 0):
+    ``weight ~= int8 * scale``, the scale mapping the channel's largest magnitude to 127. Every other
+    floating tensor is stored as float16, other tensors as they are. :func:`dequantize` reverses it.
+    """
+    rest, values, scales = {}, {}, {}
+    for key, tensor in state.items():
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point() and tensor.ndim >= 2 and tensor.numel() >= min_elements:
+            weight = tensor.float()
+            scale = weight.abs().amax(dim=tuple(range(1, weight.ndim))).clamp_min(1e-12) / 127
+            shaped = scale.view(-1, *[1] * (weight.ndim - 1))
+            values[key] = (weight / shaped).round().clamp(-127, 127).to(torch.int8)
+            scales[key] = scale
+        else:
+            rest[key] = tensor.half() if tensor.is_floating_point() else tensor
+    return rest, values, scales
+
+
+def dequantize(state: dict[str, Any], source: str) -> dict[str, Tensor]:
+    """The float weights of a semseg checkpoint ``state``: its ``model`` plus its int8 weights times their scales.
+
+    A SemsegError names ``source`` and the entry when the int8 part is malformed (a weight without its scale,
+    a scale of another length than the weight's output channels, a tensor that is not int8).
+    """
+    values, scales = state.get("int8_weights") or {}, state.get("int8_scales") or {}
+    if not isinstance(values, dict) or not isinstance(scales, dict):
+        raise SemsegError(f"{source}: 'int8_weights' and 'int8_scales' must be dicts of parameter name -> tensor")
+    if not values and not scales:
+        return state["model"]
+    if not isinstance(state["model"], dict):
+        raise SemsegError(f"{source}: not a state dict (a dict of parameter name -> tensor)")
+    weights = dict(state["model"])
+    for key, value in values.items():
+        scale = scales.get(key)
+        if not isinstance(value, Tensor) or value.dtype != torch.int8 or value.ndim < 2:
+            raise SemsegError(f"{source}: int8 weight {key!r} is not an int8 tensor of two or more dimensions")
+        if not isinstance(scale, Tensor) or not scale.is_floating_point() or scale.shape != (value.shape[0],):
+            raise SemsegError(f"{source}: int8 weight {key!r} lacks its scales (one float per output channel, "
+                              f"{value.shape[0]} here) in 'int8_scales'")
+        weights[key] = value.float() * scale.float().view(-1, *[1] * (value.ndim - 1))
+    stray = sorted(set(scales) - set(values))
+    if stray:
+        raise SemsegError(f"{source}: 'int8_scales' has entries without an int8 weight: {', '.join(stray[:MAX_LISTED])}")
+    return weights
+
+
 def _unpack(obj: Any, path: str) -> tuple[dict[str, Tensor], str | None, dict | None]:
     """(state dict, model name, model_meta) of a semseg checkpoint, a ``{"state_dict": ...}`` file or a state dict."""
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         if "model" not in obj:
             raise SemsegError(f"{path}: semseg checkpoint lacks the 'model' entry")
-        return obj["model"], obj.get("model_name"), obj.get("model_meta")
+        return dequantize(obj, path), obj.get("model_name"), obj.get("model_meta")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # Lightning-style files
         return obj["state_dict"], None, None
     return obj, None, None
