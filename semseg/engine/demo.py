@@ -49,6 +49,10 @@ DEMO_SETTINGS = [
     "train.epochs=300",  # a cap: the time budget ends the run, and the schedule follows it
     "train.warmup_epochs=2",
     "train.val_every=50",
+    # an average of the weights over the last few dozen steps (its warm-up makes that horizon in a run
+    # this short): a few hundred steps at batch 5 on ten frames leave the raw weights noisy from step to
+    # step, and the held-back frame's score with them (BENCHMARKS.md, "semseg demo: an EMA of the weights")
+    "train.ema=true",
     "train.precision=auto",
 ]
 
