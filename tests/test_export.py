@@ -366,6 +366,10 @@ def test_export_int8_checkpoint_stores_the_large_weights_in_int8_and_predicts_th
     expected = (np.clip(np.round(weight / scale), -127, 127) * scale).reshape(original[key].shape)
     np.testing.assert_allclose(reloaded.state_dict()[key].numpy(), expected, rtol=1e-6, atol=1e-8)
     assert np.abs(reloaded.state_dict()[key].numpy() - original[key].numpy()).max() <= scale.max() / 2 + 1e-8
+    from semseg.models import load_weights
+
+    fine_tuned = load_weights(create_model("lraspp_mobilenet_v3_large", 3), out)  # train model.pretrained=FILE's path
+    torch.testing.assert_close(fine_tuned.state_dict()[key], reloaded.state_dict()[key])
     assert (Predictor(reloaded, precision="fp32")(rgb(45, 70)) == Predictor(model, precision="fp32")(rgb(45, 70))).mean() >= 0.999
 
 
