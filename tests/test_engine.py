@@ -250,6 +250,21 @@ def test_bn_momentum_applies_to_every_batchnorm():
     assert momenta == {0.1}  # torchvision's MobileNetV3 builds them with 0.01
 
 
+def test_model_norm_ibn_builds_ibn_into_the_model_so_checkpoints_rebuild_it():
+    from semseg.engine.setup import build_model
+    from semseg.models.norms import InstanceBatchNorm2d
+
+    cfg = load_config(None, ["model.name=lraspp_mobilenet_v3_large", "model.norm=ibn", "model.bn_momentum=0.1",
+                             "model.kwargs={ibn_max_stride: 4}"])
+    model = build_model(cfg, 11, [str(i) for i in range(11)], [[i, i, i] for i in range(11)])
+    assert model.model_kwargs == {"norm": "ibn", "ibn_max_stride": 4}
+    layers = [m for m in model.modules() if isinstance(m, InstanceBatchNorm2d)]
+    assert layers and {layer.batch.momentum for layer in layers} == {0.1}
+    clash = load_config(None, ["model.norm=ibn", "model.kwargs={norm: gn}"])
+    with pytest.raises(SemsegError, match="'model.norm' \\(ibn\\) and 'model.kwargs.norm' \\(gn\\) disagree"):
+        build_model(clash, 11, [str(i) for i in range(11)], [[i, i, i] for i in range(11)])
+
+
 def test_the_ema_warms_up_its_decay_and_forgets_the_initial_weights():
     from semseg.engine.setup import build_ema
 

@@ -141,7 +141,7 @@ def test_unknown_name_suggests_close_names_and_list_models():
         ("fcn8s_mobilenetv3_large_100", {"dropout": 0.1}, r"unknown keyword argument\(s\) dropout"),
         ("unet_resnet18", {"activation": "softmax"}, r"unknown keyword argument\(s\) activation"),
         ("lraspp_mobilenet_v3_large", {"low_level_stride": 16}, "low_level_stride must be 4 or 8, got 16"),
-        ("unet_resnet18", {"norm": "ln"}, "norm must be one of bn, gn, syncbn"),
+        ("unet_resnet18", {"norm": "ln"}, "norm must be one of bn, gn, syncbn, ibn"),
         ("unet_resnet18", {"decoder_channels": nn.ReLU()}, "must be a plain value"),
         ("unet:resnet1", {}, r"unknown smp encoder 'resnet1'.*resnet18"),
         ("unet:tu-resnet1000", {}, "timm has no model 'resnet1000'"),

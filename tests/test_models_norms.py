@@ -1,8 +1,10 @@
-"""Norm conversion (GroupNorm, SyncBatchNorm) on zoo models."""
+"""Norm conversion (GroupNorm, SyncBatchNorm, IBN) on zoo models."""
 
 from __future__ import annotations
 
 import copy
+
+import numpy as np
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from semseg.checkpoint import save_checkpoint
 from semseg.errors import SemsegError
 from semseg.models import convert_norm, create_model, load_model
-from semseg.models.norms import group_count
+from semseg.models.norms import InstanceBatchNorm2d, convert_to_ibn, group_count
 
 
 @pytest.mark.parametrize("channels, groups", [(64, 32), (256, 32), (24, 12), (16, 8), (40, 20), (3, 1), (1, 1), (960, 32)])
@@ -160,3 +162,69 @@ def test_cross_process_batch_norm_is_batch_norm_without_a_process_group():
         torch.testing.assert_close(converted(x), reference(x))
     torch.testing.assert_close(converted.state_dict(), reference.state_dict())
     assert isinstance(converted[2].act, nn.ReLU)
+
+
+def test_instance_batch_norm_normalizes_half_the_channels_per_image_and_half_over_the_batch():
+    torch.manual_seed(0)
+    layer = InstanceBatchNorm2d(6, 3).train()
+    with torch.no_grad():
+        layer.instance.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        layer.instance.bias.copy_(torch.tensor([0.0, 1.0, -1.0]))
+    x = torch.randn(2, 6, 5, 7) * 3 + 2
+    out = layer(x).detach().double().numpy()
+    xs = x.double().numpy()
+    # a numpy reference of IBN-Net's layer: channels 0-2 over each image's pixels, 3-5 over the whole batch
+    for c in range(3):
+        for n in range(2):
+            plane = xs[n, c]
+            expected = (plane - plane.mean()) / np.sqrt(plane.var() + 1e-5) * [1.0, 2.0, 0.5][c] + [0.0, 1.0, -1.0][c]
+            np.testing.assert_allclose(out[n, c], expected, atol=1e-4)
+    for c in range(3, 6):
+        values = xs[:, c]
+        np.testing.assert_allclose(out[:, c], (values - values.mean()) / np.sqrt(values.var() + 1e-5), atol=1e-4)
+    # a brighter, higher-contrast copy of one image leaves its instance-normalized channels unchanged
+    layer.eval()
+    with torch.no_grad():
+        assert torch.allclose(layer(x * 4 + 9)[:, :3], layer(x)[:, :3], atol=1e-4)
+
+
+def test_ibn_converts_the_batch_norms_at_strides_4_to_max_stride_only():
+    def stage(channels_in: int, channels_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(channels_in, channels_out, 3, stride=2, padding=1), nn.BatchNorm2d(channels_out), nn.ReLU()]
+
+    # outputs at strides 2, 4, 8, 16: the stem keeps BatchNorm (as in IBN-Net), 4 and 8 are converted
+    model = nn.Sequential(*stage(3, 8), *stage(8, 16), *stage(16, 32), *stage(32, 64))
+    convert_to_ibn(model, max_stride=8)
+    kinds = [type(model[i]).__name__ for i in (1, 4, 7, 10)]
+    assert kinds == ["BatchNorm2d", "InstanceBatchNorm2d", "InstanceBatchNorm2d", "BatchNorm2d"]
+    assert model[4].instance_channels == 8 and model[7].batch.num_features == 16
+    assert model.training  # the probe forward ran in eval mode and the mode came back
+    model(torch.randn(2, 3, 48, 64)).mean().backward()  # any input size, and it trains
+    with pytest.raises(SemsegError, match="no BatchNorm at strides 4 to 8"):
+        convert_to_ibn(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU()), max_stride=8)
+
+
+def test_ibn_zoo_model_round_trips_through_a_checkpoint_and_keeps_aux_heads_in_batch_norm(tmp_path):
+    model = create_model("lraspp_mobilenet_v3_large", 3, low_level_stride=4, aux_loss=True, norm="ibn",
+                         ibn_max_stride=4).eval()
+    assert model.model_kwargs == {"low_level_stride": 4, "aux_loss": True, "norm": "ibn", "ibn_max_stride": 4}
+    converted = [name for name, m in model.named_modules() if isinstance(m, InstanceBatchNorm2d)]
+    assert converted and all(name.startswith("net.backbone.") for name in converted)
+    save_checkpoint({"model_name": model.model_name, "model_kwargs": model.model_kwargs,
+                     "model_meta": model.pretrained_cfg.to_dict(), "model": model.state_dict()}, tmp_path / "ibn.pt")
+    loaded = load_model(tmp_path / "ibn.pt")
+    assert [name for name, m in loaded.named_modules() if isinstance(m, InstanceBatchNorm2d)] == converted
+    x = torch.randn(1, 3, 72, 100)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ibn_max_stride": 8}, "ibn_max_stride goes with norm='ibn'"),
+    ({"norm": "ibn", "ibn_max_stride": 6}, "ibn_max_stride must be 4, 8, 16 or 32, got 6"),
+    ({"norm": "ibn", "ibn_max_stride": True}, "ibn_max_stride must be"),
+    ({"norm": "ibn", "pretrained": True}, "norm='ibn' is for training from scratch"),
+])
+def test_ibn_option_errors_name_the_option(kwargs, message):
+    with pytest.raises(SemsegError, match=message):
+        create_model("lraspp_mobilenet_v3_large", 3, **kwargs)

@@ -62,7 +62,11 @@ def build_ema(model: nn.Module, decay: float) -> AveragedModel:
 
 def build_model(cfg: RunConfig, num_classes: int, class_names: list[str], palette: list[list[int]]) -> nn.Module:
     """The zoo model with the dataset's metadata, so checkpoints and the predictor normalize and colour right."""
-    model = create_model(cfg.model.name, num_classes=num_classes, pretrained=cfg.model.pretrained, **cfg.model.kwargs)
+    kwargs = dict(cfg.model.kwargs)
+    if cfg.model.norm == "ibn":  # built in by create_model, so that a checkpoint rebuilds it
+        if kwargs.setdefault("norm", "ibn") != "ibn":
+            raise SemsegError(f"config keys 'model.norm' (ibn) and 'model.kwargs.norm' ({kwargs['norm']}) disagree")
+    model = create_model(cfg.model.name, num_classes=num_classes, pretrained=cfg.model.pretrained, **kwargs)
     model.pretrained_cfg = replace(
         model.pretrained_cfg,
         num_classes=num_classes,

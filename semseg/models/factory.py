@@ -27,11 +27,12 @@ from semseg.errors import SemsegError
 from semseg.meta import ModelMeta, check_num_classes
 from semseg.models import fcn8s, realtime, smp_zoo, torchvision_zoo, transformers_zoo  # noqa: F401  (importing a family registers its builders)
 from semseg.models.base import SegModel
-from semseg.models.norms import convert_norm
+from semseg.models.norms import convert_norm, convert_to_ibn
 from semseg.models.registry import ModelBuilder, close_names, registered_builder
 from semseg.models.weights import dequantize, load_state, load_weights
 
-NORMS = ("bn", "gn", "syncbn")
+NORMS = ("bn", "gn", "syncbn", "ibn")
+IBN_MAX_STRIDE = 8  # IBN-Net's shallow layers, at the strides of a ResNet's first stages
 # create_model kwargs that only say where weights come from: not kept in model_kwargs,
 # so that rebuilding a model from a checkpoint never downloads anything
 WEIGHT_SOURCE_KWARGS = ("pretrained_backbone",)
@@ -101,7 +102,9 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     see :func:`load_weights`) or, for transformers models, of a ``from_pretrained`` folder.
     ``"hf:FOLDER"`` (or ``"hf:ORG/REPO"``) names a transformers checkpoint: its
     architecture and weights (the heads re-initialized where ``num_classes`` differs).
-    ``norm="gn"`` turns BatchNorm into GroupNorm (``"syncbn"``: SyncBatchNorm).
+    ``norm="gn"`` turns BatchNorm into GroupNorm (``"syncbn"``: SyncBatchNorm);
+    ``norm="ibn"`` instance-normalizes half the channels of the BatchNorms at strides
+    4 to ``ibn_max_stride`` (default 8; IBN-Net, :func:`convert_to_ibn`).
     Other ``kwargs`` go to the builder (plain values only, so checkpoints can rebuild the model).
     """
     check_num_classes(num_classes)
@@ -110,6 +113,14 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     norm = kwargs.pop("norm", "bn")
     if norm not in NORMS:
         raise SemsegError(f"model {name!r}: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    ibn_max_stride = kwargs.pop("ibn_max_stride", None)
+    if ibn_max_stride is not None and norm != "ibn":
+        raise SemsegError(f"model {name!r}: ibn_max_stride goes with norm='ibn', not norm={norm!r}")
+    if ibn_max_stride is not None and (isinstance(ibn_max_stride, bool) or ibn_max_stride not in (4, 8, 16, 32)):
+        raise SemsegError(f"model {name!r}: ibn_max_stride must be 4, 8, 16 or 32, got {ibn_max_stride!r}")
+    if norm == "ibn" and pretrained is True:
+        raise SemsegError(f"model {name!r}: norm='ibn' is for training from scratch (its new layers would "
+                          "discard the published weights' BatchNorm statistics); leave out pretrained")
     builder = get_builder(name)
     _check_kwargs(name, builder, kwargs)
     for key, value in kwargs.items():
@@ -122,7 +133,12 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     model.model_name = name
     # a builder may record kwargs of its own (the published config it was built from)
     model.model_kwargs = {**model.model_kwargs, **{k: v for k, v in kwargs.items() if k not in WEIGHT_SOURCE_KWARGS}}
-    if norm != "bn":
+    if norm == "ibn":
+        model = convert_to_ibn(model, ibn_max_stride or IBN_MAX_STRIDE)
+        model.model_kwargs["norm"] = "ibn"
+        if ibn_max_stride is not None:
+            model.model_kwargs["ibn_max_stride"] = ibn_max_stride
+    elif norm != "bn":
         model = convert_norm(model, norm)
     if not isinstance(pretrained, bool):
         load_weights(model, pretrained)

@@ -1,9 +1,11 @@
-"""Norm layers for small batches: BatchNorm -> GroupNorm (Wu & He, 2018, "Group Normalization"), or SyncBatchNorm.
+"""Norm layers: BatchNorm -> GroupNorm (Wu & He, 2018, "Group Normalization"), SyncBatchNorm, or IBN.
 
 BatchNorm's statistics are noisy with 1-2 images per GPU; GroupNorm has none
 to estimate, SyncBatchNorm estimates them over every process of a DDP run:
 PyTorch's on CUDA, :class:`CrossProcessBatchNorm` on the CPU (gloo), where
-PyTorch's refuses to run.
+PyTorch's refuses to run. IBN (:class:`InstanceBatchNorm2d`) instance-normalizes
+half the channels of the shallow layers, for models that must work on images
+whose appearance differs from the training set's.
 """
 
 from __future__ import annotations
@@ -199,6 +201,91 @@ def _cross_process_norm_act_class() -> type:
             return self.act(self.drop(cross_process_batch_norm(self, x)))
 
     return CrossProcessBatchNormAct2d
+
+
+class InstanceBatchNorm2d(nn.Module):
+    """IBN-Net's "IBN-a" layer (Pan et al., 2018, "Two at Once: Enhancing Learning and Generalization
+    Capacities via IBN-Net"): the first ``instance_channels`` channels InstanceNorm (affine), the rest BatchNorm.
+
+    InstanceNorm removes each image's own per-channel mean and contrast, which in the shallow layers
+    is mostly appearance (lighting, colour cast, camera); the BatchNorm half keeps what tells content
+    apart. Neither PyTorch nor timm ships the layer (timm's IBN ResNets build their own, private one).
+    """
+
+    def __init__(self, channels: int, instance_channels: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
+        super().__init__()
+        if not 0 < instance_channels < channels:
+            raise ValueError(f"instance_channels must be in 1..{channels - 1}, got {instance_channels}")
+        self.instance_channels = instance_channels
+        self.instance = nn.InstanceNorm2d(instance_channels, eps=eps, affine=True)
+        self.batch = nn.BatchNorm2d(channels - instance_channels, eps=eps, momentum=momentum)
+
+    def forward(self, x: Tensor) -> Tensor:
+        instance_part, batch_part = torch.split(x, [self.instance_channels, x.shape[1] - self.instance_channels], 1)
+        return torch.cat([self.instance(instance_part.contiguous()), self.batch(batch_part.contiguous())], 1)
+
+
+IBN_PROBE_SIZE = 256  # the side of the blank image that locates each BatchNorm's stride; a multiple of 32
+# IBN-Net keeps the stem's BatchNorm (stride 2) and puts IBN from the first stage on (stride 4); the
+# stride-2 layers are also where the split and concatenation cost the most (the largest tensors)
+IBN_MIN_STRIDE = 4
+
+
+def _ibn_like(bn: _BatchNorm) -> nn.Module:
+    """An :class:`InstanceBatchNorm2d` in place of ``bn`` (half its channels instance-normalized, rounded
+    down); timm's BatchNormAct2d keeps its dropout and activation after it."""
+    from timm.layers import BatchNormAct2d
+
+    channels = bn.num_features
+    ibn = InstanceBatchNorm2d(channels, channels // 2, eps=bn.eps, momentum=bn.momentum)
+    ibn.train(bn.training)
+    if isinstance(bn, BatchNormAct2d):
+        return nn.Sequential(ibn, bn.drop, bn.act)
+    return ibn
+
+
+def _shallow_batch_norms(model: nn.Module, max_stride: int) -> set[int]:
+    """The ids of the 2-d BatchNorms (of 2+ channels) whose output is at a stride from ``IBN_MIN_STRIDE`` to
+    ``max_stride`` in one inference forward of a blank ``IBN_PROBE_SIZE`` image (layers that inference never
+    runs, such as aux heads, are left out)."""
+    found: set[int] = set()
+
+    def record(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+        if isinstance(output, Tensor) and output.dim() == 4 and module.num_features >= 2:
+            if IBN_MIN_STRIDE <= IBN_PROBE_SIZE / output.shape[-1] <= max_stride:
+                found.add(id(module))
+
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    handles = [m.register_forward_hook(record) for m in norms]
+    was_training = model.training
+    try:
+        model.eval()
+        parameter = next(model.parameters(), None)
+        probe = torch.zeros(1, 3, IBN_PROBE_SIZE, IBN_PROBE_SIZE,
+                            device=parameter.device if parameter is not None else "cpu")
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return found
+
+
+def convert_to_ibn(model: nn.Module, max_stride: int = 8) -> nn.Module:
+    """``model`` with every BatchNorm whose output is at a stride from 4 to ``max_stride`` (found by one forward
+    pass of a blank image) turned into a new :class:`InstanceBatchNorm2d`, in place; returns the model.
+
+    For models trained from scratch: the new layers are freshly initialized (pretrained BatchNorm
+    statistics do not carry over to a half-instance-normalized layer). IBN-Net puts IBN in ResNet's
+    stages at strides 4 to 16 and keeps the last stage's BatchNorm, whose features must stay
+    discriminative; in a dilated network the last stage runs at stride 16 too, hence the default 8.
+    """
+    shallow = _shallow_batch_norms(model, max_stride)
+    if not shallow:
+        raise SemsegError(f"norm 'ibn': the model has no BatchNorm at strides {IBN_MIN_STRIDE} to {max_stride} "
+                          "to convert (transformer models use LayerNorm)")
+    return _replace_batch_norms(model, lambda bn: _ibn_like(bn) if id(bn) in shallow else bn)
 
 
 def convert_norm(model: nn.Module, kind: str, device_type: str = "cuda") -> nn.Module:
