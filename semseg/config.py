@@ -31,8 +31,8 @@ class ModelConfig:
     # False, True (the library's published weights, needs the network) or a weights file path
     pretrained: Union[bool, str] = False
     # bn | gn (GroupNorm, for small batches) | syncbn (under DDP: statistics over every process, CUDA or CPU)
-    # | ibn (IBN-Net: half the channels instance-normalized at strides 4-8, for images whose lighting or
-    # camera differ from the training set's; from scratch only; model.kwargs.ibn_max_stride moves the 8)
+    # | ibn (IBN-Net: half the channels instance-normalized at strides 4-8, from scratch only;
+    # model.kwargs.ibn_max_stride moves the 8; docs/models.md)
     norm: Literal["bn", "gn", "syncbn", "ibn"] = "bn"
     # momentum of every BatchNorm's running statistics (null: the architecture's own). torchvision's
     # MobileNetV3 uses 0.01, whose statistics lag far behind the weights in a short from-scratch run

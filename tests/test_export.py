@@ -224,6 +224,13 @@ def test_lraspp_with_a_stride_4_low_level_branch_exports_with_parity(kwargs, tmp
     assert export_checked(model, tmp_path / "s4.onnx", (64, 96), dynamic=True)["agreement"] >= 0.999
 
 
+def test_an_ibn_model_exports_with_parity_as_instance_normalization(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", 3, low_level_stride=4, norm="ibn")
+    assert export_checked(model, tmp_path / "ibn.onnx", (64, 96), dynamic=True)["agreement"] >= 0.999
+    assert "InstanceNormalization" in {node.op_type for node in onnx.load(str(tmp_path / "ibn.onnx")).graph.node}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("name", list_models())
