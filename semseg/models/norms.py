@@ -209,7 +209,7 @@ class InstanceBatchNorm2d(nn.Module):
 
     InstanceNorm removes each image's own per-channel mean and contrast, which in the shallow layers
     is mostly appearance (lighting, colour cast, camera); the BatchNorm half keeps what tells content
-    apart. Neither PyTorch nor timm ships the layer (timm's IBN ResNets build their own, private one).
+    apart. Written here because neither PyTorch nor timm (nor smp) has the layer.
     """
 
     def __init__(self, channels: int, instance_channels: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
