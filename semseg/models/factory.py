@@ -27,12 +27,11 @@ from semseg.errors import SemsegError
 from semseg.meta import ModelMeta, check_num_classes
 from semseg.models import fcn8s, realtime, smp_zoo, torchvision_zoo, transformers_zoo  # noqa: F401  (importing a family registers its builders)
 from semseg.models.base import SegModel
-from semseg.models.norms import convert_norm, convert_to_ibn
+from semseg.models.norms import IBN_MAX_STRIDE, convert_norm, convert_to_ibn
 from semseg.models.registry import ModelBuilder, close_names, registered_builder
 from semseg.models.weights import dequantize, load_state, load_weights
 
 NORMS = ("bn", "gn", "syncbn", "ibn")
-IBN_MAX_STRIDE = 8  # IBN-Net's shallow layers, at the strides of a ResNet's first stages
 # create_model kwargs that only say where weights come from: not kept in model_kwargs,
 # so that rebuilding a model from a checkpoint never downloads anything
 WEIGHT_SOURCE_KWARGS = ("pretrained_backbone",)

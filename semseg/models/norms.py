@@ -229,6 +229,8 @@ IBN_PROBE_SIZE = 256  # the side of the blank image that locates each BatchNorm'
 # IBN-Net keeps the stem's BatchNorm (stride 2) and puts IBN from the first stage on (stride 4); the
 # stride-2 layers are also where the split and concatenation cost the most (the largest tensors)
 IBN_MIN_STRIDE = 4
+# IBN-Net's shallow layers; in a dilated network the last stage runs at stride 16, so 16 would reach it (convert_to_ibn)
+IBN_MAX_STRIDE = 8
 
 
 def _ibn_like(bn: _BatchNorm) -> nn.Module:
@@ -272,7 +274,7 @@ def _shallow_batch_norms(model: nn.Module, max_stride: int) -> set[int]:
     return found
 
 
-def convert_to_ibn(model: nn.Module, max_stride: int = 8) -> nn.Module:
+def convert_to_ibn(model: nn.Module, max_stride: int = IBN_MAX_STRIDE) -> nn.Module:
     """``model`` with every BatchNorm whose output is at a stride from 4 to ``max_stride`` (found by one forward
     pass of a blank image) turned into a new :class:`InstanceBatchNorm2d`, in place; returns the model.
 
