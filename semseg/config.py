@@ -89,6 +89,9 @@ class DataConfig:
     contrast: float = 0.5
     saturation: float = 0.5
     hue: float = 0.1
+    # the probability of a Gaussian blur of the training image (sigma drawn from BLUR_SIGMA, the mask untouched),
+    # as in the strong augmentation of domain-generalization work (DAFormer); 0 = off
+    blur: float = 0.0
     # ClassMix (semseg.data.mixing): the probability that a training sample gets the pixels of half the
     # classes of another sample of its batch pasted onto it, image and label alike; 0 = off
     class_mix: float = 0.0
@@ -430,6 +433,8 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
     if d.class_mix > 0 and t.batch_size < 2:
         raise SemsegError("config key 'data.class_mix' mixes the samples of a batch: it needs train.batch_size >= 2, "
                           f"got {t.batch_size}")
+    if not 0 <= d.blur <= 1:
+        raise SemsegError(f"config key 'data.blur': expected a probability in [0, 1], got {d.blur}")
     if not 0 < d.cat_max_ratio <= 1:
         raise SemsegError(f"config key 'data.cat_max_ratio': must lie in (0, 1], got {d.cat_max_ratio}")
     if not 0 <= d.ignore_index <= 65535:

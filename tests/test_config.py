@@ -106,6 +106,7 @@ def test_bare_on_and_off_are_the_words_not_booleans(tmp_path):
         (["data.contrast=1.0"], None, "'data.contrast': expected a number in \\[0, 1\\)"),
         (["data.saturation=-0.5"], None, "'data.saturation': expected a number in \\[0, 1\\)"),
         (["data.hue=0.6"], None, "'data.hue': expected a number in \\[0, 0.5\\]"),
+        (["data.blur=1.5"], None, "'data.blur': expected a probability in \\[0, 1\\]"),
         (["data.class_mix=1.5"], None, "'data.class_mix': expected a probability in \\[0, 1\\]"),
         (["data.class_mix=0.5", "train.batch_size=1"], None, "'data.class_mix' mixes the samples of a batch"),
         (["train.batch_size=0"], None, "train.batch_size"),

@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as F
 
 from semseg.config import DataConfig
 from semseg.data import eval_transform, train_transform
-from semseg.data.transforms import CatMaxRatioCrop, RandomHue, RandomScale
+from semseg.data.transforms import BLUR_SIGMA, CatMaxRatioCrop, RandomHue, RandomScale
 
 IGNORE = 255
 
@@ -103,6 +103,28 @@ def test_photometric_with_every_range_zero_changes_no_pixel():
     distorted = train_transform(cfg_for(crop_size=[20, 30], photometric=True, **off))(image, mask)
     undistorted = train_transform(cfg_for(crop_size=[20, 30], photometric=False, **off))(image, mask)
     assert torch.equal(distorted[0], undistorted[0]) and torch.equal(distorted[1], undistorted[1])
+
+
+def test_blur_spreads_an_impulse_by_a_gaussian_in_the_sigma_range_and_leaves_the_mask_alone():
+    """An impulse's blurred image is the kernel itself: its spread is the sigma drawn (independent of torchvision)."""
+    impulse = torch.zeros(3, 21, 21, dtype=torch.uint8)
+    impulse[:, 10, 10] = 255
+    mask = tv_tensors.Mask(torch.as_tensor(stripes(21, 21)))
+    off = dict(crop_size=[21, 21], scale_range=[1.0, 1.0], hflip=False, photometric=False, mean=[0, 0, 0], std=[1, 1, 1])
+    torch.manual_seed(0)
+    sigmas = []
+    for _ in range(20):
+        out_image, out_mask = train_transform(cfg_for(blur=1.0, **off))(tv_tensors.Image(impulse), mask)
+        assert torch.equal(out_mask, mask.as_subclass(torch.Tensor))
+        weights = out_image[0].double()
+        offsets = torch.arange(21, dtype=torch.float64) - 10
+        assert abs(weights.sum().item() - 1) < 0.1  # uint8 rounding of the kernel's taps
+        sigmas.append(float(((weights.sum(0) * offsets**2).sum() / weights.sum()).sqrt()))
+    # the kernel is cut at +-4 pixels, and uint8 rounds small taps away: the spread reads a little low
+    assert min(sigmas) >= 0.0 and max(sigmas) <= BLUR_SIGMA[1] + 0.05
+    assert max(sigmas) - min(sigmas) > 0.3  # sigma is drawn per sample
+    unblurred, _ = train_transform(cfg_for(blur=0.0, **off))(tv_tensors.Image(impulse), mask)
+    assert unblurred[0, 10, 10] == 1 and unblurred[0].sum() == 1
 
 
 def _walk(transform):

@@ -22,6 +22,9 @@ from torchvision.transforms.v2 import functional as F
 
 from semseg.config import DataConfig
 
+# data.blur's range of sigma (pixels) is DAFormer's; the kernel covers +-3 sigma of its top
+BLUR_SIGMA = (0.15, 1.15)
+BLUR_KERNEL = 9
 # mmsegmentation re-draws a crop up to this many times when cat_max_ratio < 1
 CAT_MAX_TRIES = 10
 
@@ -161,6 +164,9 @@ def train_transform(cfg: DataConfig) -> Callable:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if cfg.photometric:
         steps.append(photometric_distortion(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue))
+    if cfg.blur:
+        # v2.GaussianBlur blurs images only: masks pass through unchanged
+        steps.append(v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, sigma=BLUR_SIGMA)], p=cfg.blur))
     return v2.Compose(steps + _to_normalized_tensors(cfg))
 
 
