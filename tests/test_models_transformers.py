@@ -427,3 +427,31 @@ def test_hf_dpt_trains_its_auxiliary_head_with_transformers_own_loss(tmp_path):
     assert wide["out"].shape == wide["aux"].shape == (1, 3, 32, 64)
     model.train().forward_aux(x)["aux"].sum().backward()
     assert all(p.grad is not None for p in model.net.auxiliary_head.parameters())
+
+
+def test_hf_dpt_predicts_and_exports_without_its_auxiliary_head(tmp_path):
+    """transformers' DPT (as BEiT and Data2Vec) calls its auxiliary head on every pass; semseg's prediction does not."""
+    from semseg.export import export_checked
+
+    torch.manual_seed(0)
+    net = _dpt(3, {0: "road", 1: "car", 2: "sky"}).eval()
+    net.save_pretrained(tmp_path / "dpt")
+    model = semseg.create_model(f"hf:{tmp_path / 'dpt'}", num_classes=3).eval()
+    calls = []
+    for layer in model.net.auxiliary_head.modules():
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.register_forward_hook(lambda *args: calls.append("aux"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        predicted = model(x)
+        assert calls == []
+        reference = net(pixel_values=x).logits  # a fresh transformers model: its head runs
+        assert model.forward_aux(x)["aux"].shape == (1, 3, 64, 64) and calls  # training still reaches it
+    expected = torch.nn.functional.interpolate(reference, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(predicted, expected)
+    # the gate keeps the head's weights and their names
+    assert [k for k in model.state_dict() if k.startswith("net.auxiliary_head.")] == [
+        "net." + k for k in net.state_dict() if k.startswith("auxiliary_head.")]
+    calls.clear()
+    assert export_checked(model, tmp_path / "dpt.onnx", (64, 64), dynamic=False)["agreement"] >= 0.999
+    assert calls == []  # the graph holds the main head alone

@@ -35,6 +35,7 @@ usual parity check.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -143,13 +144,39 @@ class MaskClassificationModel(SegModel):
 SQUARE_INPUT = ("DPTForSemanticSegmentation",)
 
 
+class _TrainingOnlyHead:
+    """Mixed into a transformers auxiliary head: it runs only while ``runs`` is set (``forward_aux``).
+
+    transformers' BEiT, DPT and Data2Vec forwards call their auxiliary head on every pass, prediction
+    included, and use its output only in the loss they compute from ``labels``, which semseg never
+    passes; otherwise the head returns None, so ``model(x)`` and exported graphs leave it out.
+    """
+
+    runs = False
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return super().forward(*args, **kwargs) if self.runs else None  # type: ignore[misc]
+
+
+@functools.cache
+def _training_only_class(head_class: type) -> type:
+    return type(f"TrainingOnly{head_class.__name__}", (_TrainingOnlyHead, head_class), {})
+
+
+def _make_training_only(head: nn.Module) -> None:
+    """Gate ``head`` in place (its class gains :class:`_TrainingOnlyHead`): weights and state-dict keys unchanged."""
+    if not isinstance(head, _TrainingOnlyHead):
+        head.__class__ = _training_only_class(type(head))
+
+
 class PixelLogitsModel(SegModel):
     """A transformers ``*ForSemanticSegmentation`` model: its ``logits`` upsampled (bilinear) to the input size.
 
     Where the checkpoint has an auxiliary head (``net.auxiliary_head``: BEiT, DPT, Data2Vec, UperNet with
     ``use_auxiliary_head``), ``forward_aux`` adds its logits as ``"aux"``, upsampled the same way, so that
     semseg's loss trains it (``train.aux_weight``): transformers returns them only inside the loss it
-    computes from ``labels``, and a head whose weights get no gradient would stop a DDP run.
+    computes from ``labels``, and a head whose weights get no gradient would stop a DDP run. ``model(x)``
+    does not run that head (:class:`_TrainingOnlyHead`).
     """
 
     training_only_prefixes = ("net.auxiliary_head.",)
@@ -165,9 +192,12 @@ class PixelLogitsModel(SegModel):
         hook = None
         if aux_head is not None:
             hook = aux_head.register_forward_hook(lambda module, inputs, output: captured.append(output))
+            aux_head.runs = True
         try:
             outputs = {"out": self.net(pixel_values=x, **kwargs).logits}
         finally:
+            if aux_head is not None:
+                aux_head.runs = False
             if hook is not None:
                 hook.remove()
         if captured:
@@ -223,6 +253,8 @@ def wrap(net: nn.Module) -> SegModel:
         model = UperNetModel(net, num_classes, _encoder_path(net), size_divisor=32, has_aux=True)
     elif arch.endswith("ForSemanticSegmentation"):
         has_aux = getattr(net, "auxiliary_head", None) is not None
+        if has_aux:
+            _make_training_only(net.auxiliary_head)
         model = PixelLogitsModel(net, num_classes, _encoder_path(net), size_divisor=32, has_aux=has_aux)
     else:
         raise SemsegError(f"transformers model {arch} is not a semantic segmentation model semseg can run; it takes "
