@@ -120,8 +120,9 @@ def test_blur_spreads_an_impulse_by_a_gaussian_in_the_sigma_range_and_leaves_the
         offsets = torch.arange(21, dtype=torch.float64) - 10
         assert abs(weights.sum().item() - 1) < 0.1  # uint8 rounding of the kernel's taps
         sigmas.append(float(((weights.sum(0) * offsets**2).sum() / weights.sum()).sqrt()))
-    # the kernel is cut at +-4 pixels, and uint8 rounds small taps away: the spread reads a little low
-    assert min(sigmas) >= 0.0 and max(sigmas) <= BLUR_SIGMA[1] + 0.05
+    # the kernel is cut at +-4 pixels, and uint8 rounds small taps away: the spread reads a little low, and
+    # sigma's low end (0.15) leaves an impulse, so only the top of the range is checked
+    assert max(sigmas) <= BLUR_SIGMA[1] + 0.05
     assert max(sigmas) - min(sigmas) > 0.3  # sigma is drawn per sample
     unblurred, _ = train_transform(cfg_for(blur=0.0, **off))(tv_tensors.Image(impulse), mask)
     assert unblurred[0, 10, 10] == 1 and unblurred[0].sum() == 1
