@@ -196,9 +196,8 @@ class PixelLogitsModel(SegModel):
         try:
             outputs = {"out": self.net(pixel_values=x, **kwargs).logits}
         finally:
-            if aux_head is not None:
+            if hook is not None:  # set exactly when aux_head is
                 aux_head.runs = False
-            if hook is not None:
                 hook.remove()
         if captured:
             outputs["aux"] = captured[0]
