@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from semseg.checkpoint import save_checkpoint
@@ -140,7 +141,10 @@ def test_unknown_name_suggests_close_names_and_list_models():
         ("lraspp_mobilenet_v3_large", {"foo": 1, "bar": 2}, r"unknown keyword argument\(s\) bar, foo.*pretrained_backbone"),
         ("fcn8s_mobilenetv3_large_100", {"dropout": 0.1}, r"unknown keyword argument\(s\) dropout"),
         ("unet_resnet18", {"activation": "softmax"}, r"unknown keyword argument\(s\) activation"),
-        ("lraspp_mobilenet_v3_large", {"low_level_stride": 16}, "low_level_stride must be 4 or 8, got 16"),
+        ("lraspp_mobilenet_v3_large", {"low_level_stride": 16}, r"low_level_stride must be 4, 8 or \[4, 8\], got 16"),
+        ("lraspp_mobilenet_v3_large", {"low_level_stride": [4, 16]}, r"must be 4, 8 or \[4, 8\], got \[4, 16\]"),
+        ("lraspp_mobilenet_v3_large", {"low_level_stride": [8, 8]}, r"must be 4, 8 or \[4, 8\], got \[8, 8\]"),
+        ("lraspp_mobilenet_v3_large", {"low_level_stride": []}, r"must be 4, 8 or \[4, 8\], got \[\]"),
         ("unet_resnet18", {"norm": "ln"}, "norm must be one of bn, gn, syncbn, ibn"),
         ("unet_resnet18", {"decoder_channels": nn.ReLU()}, "must be a plain value"),
         ("unet:resnet1", {}, r"unknown smp encoder 'resnet1'.*resnet18"),
@@ -202,6 +206,33 @@ def test_lraspp_low_level_branch_at_stride_4_keeps_the_contract(tmp_path):
                      "model_meta": model.pretrained_cfg.to_dict(), "model": model.state_dict()}, tmp_path / "s4.pt")
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / "s4.pt")(x), out)
+
+
+def test_lraspp_two_stride_head_adds_a_stride_4_term_to_torchvisions_stride_8_logits(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", NUM_CLASSES, low_level_stride=[4, 8]).eval()
+    default = create_model("lraspp_mobilenet_v3_large", NUM_CLASSES).eval()
+    assert model.model_kwargs == {"low_level_stride": [4, 8]}
+    # torchvision's keys under their names, plus the stride-4 classifier (24 inputs: MobileNetV3's stride-4 stage)
+    ours, theirs = model.state_dict(), default.state_dict()
+    assert set(ours) - set(theirs) == {"net.classifier.detail_classifier.weight", "net.classifier.detail_classifier.bias"}
+    assert set(theirs) < set(ours) and ours["net.classifier.detail_classifier.weight"].shape == (NUM_CLASSES, 24, 1, 1)
+    default.load_state_dict({k: v for k, v in ours.items() if k in theirs})
+    seen = {}
+    model.net.classifier.detail_classifier.register_forward_hook(lambda m, i, o: seen.update(detail=o))
+    default.net.classifier.register_forward_hook(lambda m, i, o: seen.update(coarse=o))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        out, _ = model(x), default(x)
+    # reference: torchvision's own head gives the stride-8 logits; upsampled to stride 4, plus the stride-4 term
+    assert seen["coarse"].shape[-2:] == (8, 12) and seen["detail"].shape[-2:] == (16, 24)
+    expected = F.interpolate(F.interpolate(seen["coarse"], size=(16, 24), mode="bilinear", align_corners=False)
+                             + seen["detail"], size=(64, 96), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expected)
+    save_checkpoint({"model_name": model.model_name, "model_kwargs": model.model_kwargs,
+                     "model_meta": model.pretrained_cfg.to_dict(), "model": model.state_dict()}, tmp_path / "s48.pt")
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "s48.pt")(x), out)
 
 
 def test_lraspp_aux_head_supervises_the_stride_16_stage_and_only_in_training(tmp_path):

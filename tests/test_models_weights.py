@@ -255,6 +255,12 @@ def test_torchvision_weights_in_the_hub_cache_load_without_network(empty_caches,
     assert cfg.source == "torchvision:LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1"
     with pytest.warns(UserWarning, match="re-initialized for 11 classes"):
         assert create_model("lraspp_mobilenet_v3_large", 11, pretrained=True).pretrained_cfg.class_names is None
+    # the two-stride head keeps torchvision's whole head and its weights; only its stride-4 term starts fresh
+    two_stride = create_model("lraspp_mobilenet_v3_large", 21, pretrained=True, low_level_stride=[4, 8]).state_dict()
+    published = {f"net.{key}": value for key, value in net.state_dict().items()}
+    assert set(two_stride) - set(published) == {"net.classifier.detail_classifier.weight",
+                                                "net.classifier.detail_classifier.bias"}
+    assert all(torch.equal(two_stride[key], value) for key, value in published.items())
 
 
 def test_timm_encoder_weights_in_the_hf_cache_load_without_network(empty_caches, no_network, tmp_path):

@@ -119,29 +119,63 @@ def _torchvision_builder(name: str) -> Callable[..., SegModel]:
 LRASPP_LOW_LEVEL_STRIDES = (4, 8)
 
 
-def _lraspp_backbone_blocks(net: tvseg.LRASPP, low_level_stride: int, aux: bool) -> dict[str, str]:
+class _TwoStrideLRASPPHead(tvseg.lraspp.LRASPPHead):
+    """torchvision's LR-ASPP head, whose logits at stride 8 then take a second low-level term at stride 4.
+
+    torchvision's head adds a 1x1 classifier of the stride-8 features to the classified high branch; this one
+    does the same, upsamples those logits (``num_classes`` channels, cheaper than upsampling the high branch's
+    128) to stride 4 and adds ``detail_classifier`` of the stride-4 features, so the logits keep torchvision's
+    stride-8 term and gain the stride-4 detail. Its state-dict keys are torchvision's plus ``detail_classifier``.
+    """
+
+    def __init__(self, low_channels: int, detail_channels: int, high_channels: int, num_classes: int,
+                 inter_channels: int = 128) -> None:
+        super().__init__(low_channels, high_channels, num_classes, inter_channels)
+        self.detail_classifier = nn.Conv2d(detail_channels, num_classes, 1)
+
+    def forward(self, input: dict[str, Tensor]) -> Tensor:
+        coarse = super().forward(input)
+        detail = input["detail"]
+        coarse = F.interpolate(coarse, size=detail.shape[-2:], mode="bilinear", align_corners=False)
+        return coarse + self.detail_classifier(detail)
+
+
+def _low_level_strides(low_level_stride: int | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """``low_level_stride`` as the sorted tuple of the strides whose features the head classifies."""
+    strides = (low_level_stride,) if isinstance(low_level_stride, int) else tuple(low_level_stride)
+    if not strides or len(set(strides)) != len(strides) or not set(strides) <= set(LRASPP_LOW_LEVEL_STRIDES):
+        raise SemsegError("model 'lraspp_mobilenet_v3_large': low_level_stride must be 4, 8 or [4, 8], "
+                          f"got {low_level_stride!r}")
+    return tuple(sorted(strides))
+
+
+def _lraspp_backbone_blocks(net: tvseg.LRASPP, strides: tuple[int, ...], aux: bool) -> dict[str, str]:
     """The MobileNetV3 block index LR-ASPP's backbone returns for each of its outputs: ``"low"`` (the last block
-    before the stride-8 stage for stride 4; torchvision's strided block that starts the stride-8 stage for
-    stride 8), ``"high"`` (the last block) and, with ``aux``, ``"aux"`` (the last block of the stride-16 stage,
-    before the dilated last stage: the depth where PSPNet and torchvision's FCN/DeepLabV3 put their aux heads)."""
+    before the stride-8 stage for stride 4 alone; torchvision's strided block that starts the stride-8 stage
+    where 8 is among ``strides``), ``"detail"`` (the last stride-4 block, where ``strides`` is (4, 8)),
+    ``"high"`` (the last block) and, with ``aux``, ``"aux"`` (the last block of the stride-16 stage, before the
+    dilated last stage: the depth where PSPNet and torchvision's FCN/DeepLabV3 put their aux heads)."""
     blocks = net.backbone
     # MobileNetV3 marks the blocks that halve the resolution (_is_cn); in the segmentation backbone the last
     # one is dilated instead, so the marks are the starts of the stride-4, 8, 16 and dilated stages
     strided = [int(key) for key, block in blocks.items() if getattr(block, "_is_cn", False)]
-    outputs = {"low": str(strided[-3] - 1) if low_level_stride == 4 else str(strided[-3]),
-               "high": list(blocks.keys())[-1]}
+    last_stride_4, first_stride_8 = str(strided[-3] - 1), str(strided[-3])
+    outputs = {"low": last_stride_4 if strides == (4,) else first_stride_8, "high": list(blocks.keys())[-1]}
+    if strides == (4, 8):
+        outputs["detail"] = last_stride_4
     if aux:
         outputs["aux"] = str(strided[-1] - 1)
     return outputs
 
 
-def _lraspp_customized(net: tvseg.LRASPP, num_classes: int, low_level_stride: int, aux: bool) -> None:
+def _lraspp_customized(net: tvseg.LRASPP, num_classes: int, strides: tuple[int, ...], aux: bool) -> None:
     """Rewire torchvision's LR-ASPP in place; the backbone's layers and their state-dict keys stay as they are.
 
-    ``low_level_stride`` 4 feeds the low-level classifier MobileNetV3's last stride-4 block (24 channels) instead
+    ``strides`` (4,) feeds the low-level classifier MobileNetV3's last stride-4 block (24 channels) instead
     of torchvision's stride-8 block: the logits get detail at twice the resolution, for thin classes (poles,
     signs, pedestrians), at about the same cost per training step (the head's high branch is only upsampled
-    further). torchvision builds the stride-8 head alone, so its low-level classifier is new.
+    further). torchvision builds the stride-8 head alone, so its low-level classifier is new. (4, 8) keeps
+    torchvision's stride-8 head and adds the stride-4 term after it (``_TwoStrideLRASPPHead``).
 
     ``aux`` adds deep supervision, which torchvision's LR-ASPP lacks: torchvision's FCN head (3x3 conv to a
     quarter of the channels, BatchNorm, ReLU, dropout, 1x1 conv) on the stride-16 stage's output, trained
@@ -149,27 +183,37 @@ def _lraspp_customized(net: tvseg.LRASPP, num_classes: int, low_level_stride: in
     """
     from torchvision.models._utils import IntermediateLayerGetter
 
-    block_of = _lraspp_backbone_blocks(net, low_level_stride, aux)
+    block_of = _lraspp_backbone_blocks(net, strides, aux)
     blocks = net.backbone
     net.backbone = IntermediateLayerGetter(blocks, return_layers={key: name for name, key in block_of.items()})
-    if low_level_stride == 4:
-        net.classifier.low_classifier = nn.Conv2d(blocks[block_of["low"]].out_channels, num_classes, 1)
+    low_channels = blocks[block_of["low"]].out_channels
+    if strides == (4,):
+        net.classifier.low_classifier = nn.Conv2d(low_channels, num_classes, 1)
+    elif strides == (4, 8):
+        stride_8_head = net.classifier
+        net.classifier = _TwoStrideLRASPPHead(low_channels, blocks[block_of["detail"]].out_channels,
+                                              stride_8_head.cbr[0].in_channels, num_classes,
+                                              stride_8_head.cbr[0].out_channels)
+        # torchvision's head (and the published weights it may hold) carries over; only the new term starts fresh
+        missing = net.classifier.load_state_dict(stride_8_head.state_dict(), strict=False).missing_keys
+        assert set(missing) == {"detail_classifier.weight", "detail_classifier.bias"}, missing
     if aux:
         net.aux_classifier = tvseg.fcn.FCNHead(blocks[block_of["aux"]].out_channels, num_classes)
 
 
 @register_model
 def lraspp_mobilenet_v3_large(num_classes: int, pretrained: bool = False, aux_loss: bool | None = None,
-                              pretrained_backbone: bool = False, low_level_stride: int = 8) -> SegModel:
+                              pretrained_backbone: bool = False,
+                              low_level_stride: int | list[int] = 8) -> SegModel:
     """torchvision's LR-ASPP MobileNetV3-Large. ``aux_loss``: an aux head on the stride-16 stage for deep
     supervision (default: none, as torchvision's); ``pretrained_backbone``: torchvision's ImageNet weights for
-    the backbone alone; ``low_level_stride``: 8 (torchvision's) or 4 (the low-level branch at twice the
-    resolution). With ``pretrained``, a low-level classifier at stride 4 and the aux head start untrained."""
-    if low_level_stride not in LRASPP_LOW_LEVEL_STRIDES:
-        raise SemsegError(f"model 'lraspp_mobilenet_v3_large': low_level_stride must be 4 or 8, got {low_level_stride!r}")
+    the backbone alone; ``low_level_stride``: 8 (torchvision's), 4 (the low-level branch at twice the
+    resolution) or [4, 8] (torchvision's stride-8 head plus a stride-4 term). With ``pretrained``, the head's
+    new classifiers and the aux head start untrained."""
+    strides = _low_level_strides(low_level_stride)
     model = build_torchvision("lraspp_mobilenet_v3_large", num_classes, pretrained, None, pretrained_backbone)
-    if low_level_stride == 4 or aux_loss:
-        _lraspp_customized(model.net, num_classes, low_level_stride, bool(aux_loss))
+    if strides != (8,) or aux_loss:
+        _lraspp_customized(model.net, num_classes, strides, bool(aux_loss))
         model.has_aux = bool(aux_loss)
     return model
 
