@@ -15,7 +15,8 @@ agree on a quiet machine).
         [--threads 1] [--out FILE.md]
 
 ``NAME`` is a zoo name, optionally with builder keyword arguments:
-``bisenetv2@head_channels=128``. One thread by default, as in
+``bisenetv2@head_channels=128``, ``lraspp_mobilenet_v3_large@low_level_stride=[4, 8],aux_loss=true``
+(values read as YAML, as the CLI's overrides are). One thread by default, as in
 bench_models.py: on the shared 2-core machine two threads per process ran
 10-50x slower while other jobs held the cores. FLOPs are not counted: depthwise
 convolutions run far below a CPU's peak, so they mislead; the time is what counts.
@@ -30,6 +31,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from semseg.config import TrainConfig
+from semseg.config import TrainConfig, parse_overrides
 from semseg.engine.optim import build_optimizer
 from semseg.engine.step import train_forward, training_loss
 from semseg.losses import create_loss
@@ -55,17 +57,11 @@ AUX_WEIGHT = 0.4
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"bisenetv2@head_channels=128"`` -> ``("bisenetv2", {"head_channels": 128})`` (ints and floats parsed)."""
-    def value(text: str) -> Any:
-        for kind in (int, float):
-            try:
-                return kind(text)
-            except ValueError:
-                pass
-        return text
-
+    """``"bisenetv2@head_channels=128"`` -> ``("bisenetv2", {"head_channels": 128})``; values are read as YAML,
+    as the CLI's overrides are, so ``"lraspp_mobilenet_v3_large@low_level_stride=[4, 8],aux_loss=true"`` works
+    (commas inside brackets belong to the value)."""
     name, _, rest = spec.partition("@")
-    return name, {key: value(v) for key, _, v in (item.partition("=") for item in rest.split(",") if item)}
+    return name, parse_overrides(re.split(r",(?![^\[]*\])", rest) if rest else [])
 
 
 def inference_parameters(model: SegModel) -> int:
