@@ -142,6 +142,10 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"
     val_every: int = 1
+    # write last.pt every this many epochs, and always at a validation and at the run's end. An epoch of a
+    # few steps (a small dataset) spends as long writing the checkpoint (model, optimizer, EMA) as training:
+    # a longer period gives those seconds to training; a resume then redoes the epochs since the last write
+    checkpoint_every: int = 1
     # stop after this many validations without a better mIoU (0 = never)
     early_stop_patience: int = 0
     # wall-clock budget of the whole run: checked after every optimizer step, the lr schedule stretched
@@ -443,7 +447,7 @@ def validate(config: RunConfig, num_classes: int | None = None) -> None:
         raise SemsegError(f"config key 'model.bn_momentum' must lie in (0, 1], got {config.model.bn_momentum}")
     if d.workers < 0:
         raise SemsegError("config key 'data.workers' must be >= 0")
-    for key in ("epochs", "batch_size", "accumulate", "val_every", "log_every"):
+    for key in ("epochs", "batch_size", "accumulate", "val_every", "checkpoint_every", "log_every"):
         if getattr(t, key) < 1:
             raise SemsegError(f"config key 'train.{key}' must be >= 1, got {getattr(t, key)}")
     if t.gallery_frames < 0:

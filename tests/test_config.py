@@ -110,6 +110,7 @@ def test_bare_on_and_off_are_the_words_not_booleans(tmp_path):
         (["data.class_mix=1.5"], None, "'data.class_mix': expected a probability in \\[0, 1\\]"),
         (["data.class_mix=0.5", "train.batch_size=1"], None, "'data.class_mix' mixes the samples of a batch"),
         (["train.batch_size=0"], None, "train.batch_size"),
+        (["train.checkpoint_every=0"], None, "'train.checkpoint_every' must be >= 1, got 0"),
         (["train.freeze_encoder_epochs=10", "train.epochs=5"], None, "freeze_encoder_epochs"),
         (["model.bn_momentum=0"], None, "model.bn_momentum"),
     ],

@@ -132,6 +132,52 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
 
 
+def test_checkpoint_every_writes_last_pt_at_its_period_at_validations_and_at_the_end(tiny_camvid, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from semseg.engine import loop, setup
+
+    saved: list[tuple[str, int]] = []
+    real_save = loop.save_checkpoint
+
+    def recording_save(state, path):
+        saved.append((Path(path).name, state["epoch"]))
+        real_save(state, path)
+
+    real_loss = setup.create_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss = real_loss(*args, **kwargs)
+
+        class Poisoned(torch.nn.Module):
+            def forward(self, logits, target):
+                calls["n"] += 1
+                value = loss(logits, target)
+                return value * float("nan") if calls["n"] > 10 else value  # epoch 6 (two batches an epoch) goes bad
+
+        return Poisoned()
+
+    monkeypatch.setattr(loop, "save_checkpoint", recording_save)
+    run = tmp_path / "run"
+    # 5 epochs of 2 batches: a period of 3 (epoch 3), validations at 4 and at the end (5)
+    assert _train(run, tiny_camvid, "train.epochs=5", "train.val_every=4", "train.checkpoint_every=3",
+                  "train.batch_size=2") == 0
+    assert [epoch for name, epoch in saved if name == "last.pt"] == [3, 4, 5]
+    assert {epoch for name, epoch in saved if name == "best.pt"} <= {4, 5}
+    assert [line["epoch"] for line in _metrics(run)] == [1, 2, 3, 4, 5]  # the log still has every epoch
+
+    # a run that fails between two writes names the epoch last.pt holds
+    monkeypatch.setattr(setup, "create_loss", poisoned)
+    saved.clear()
+    failed = tmp_path / "failed"
+    assert _train(failed, tiny_camvid, "train.epochs=8", "train.val_every=100", "train.checkpoint_every=4",
+                  "train.batch_size=2") == 2
+    err = capsys.readouterr().err
+    assert "the loss became nan at epoch 6" in err and "last.pt (epoch 4)" in err
+    assert [epoch for name, epoch in saved if name == "last.pt"] == [4]
+    assert torch.load(failed / "last.pt", weights_only=True)["epoch"] == 4
+
+
 class Payload:
     """Stands for any pickled object a malicious checkpoint could carry."""
 

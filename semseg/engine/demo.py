@@ -49,6 +49,9 @@ DEMO_SETTINGS = [
     "train.epochs=300",  # a cap: the time budget ends the run, and the schedule follows it
     "train.warmup_epochs=2",
     "train.val_every=50",
+    # last.pt with the validations only: an epoch here is two steps, and writing the 50 MB checkpoint every
+    # epoch took a fifth of the two minutes (BENCHMARKS.md, "semseg demo: last.pt with its validations only")
+    "train.checkpoint_every=50",
     # an average of the weights over the last few dozen steps (its warm-up makes that horizon in a run
     # this short): a few hundred steps at batch 5 on ten frames leave the raw weights noisy from step to
     # step, and the held-back frame's score with them (BENCHMARKS.md, "semseg demo: an EMA of the weights")

@@ -71,7 +71,7 @@ def train_one_epoch(trainer: Trainer, forward: nn.Module) -> dict[str, float]:
         if not torch.isfinite(loss):
             raise SemsegError(
                 f"the loss became {loss.item()} at epoch {trainer.epoch + 1}, batch {i + 1}: the run stopped. "
-                f"The last good checkpoint is {trainer.run_dir / 'last.pt'} (epoch {trainer.epoch}); "
+                f"The last good checkpoint is {trainer.run_dir / 'last.pt'} (epoch {trainer.saved_epoch}); "
                 "lower train.lr, add train.clip_grad or check the labels, then --resume"
             )
         trainer.scaler.scale(loss / cfg.accumulate).backward()
@@ -305,20 +305,26 @@ def _after_epoch(trainer: Trainer, entry: dict[str, Any], writer: Any) -> bool:
     entry["elapsed_s"] = trainer.clock.elapsed()
     trainer.history.append(entry)
     _log_epoch(trainer, entry)
+    early_stop = bool(cfg.early_stop_patience) and trainer.stale_validations >= cfg.early_stop_patience
+    # last.pt at every validation (best.pt beside it must never be newer), at the end, every checkpoint_every epochs
+    checkpointed = scores is not None or last or early_stop or trainer.epoch % cfg.checkpoint_every == 0
     if trainer.dist.is_main:
         write_metrics_log(trainer)
-        state = checkpoint_state(trainer)
-        if improved or trainer.val_loader is None:
-            save_checkpoint(best_state(state), trainer.run_dir / "best.pt")  # weights and scores; resume uses last.pt
-        save_checkpoint(state, trainer.run_dir / "last.pt")
+        if checkpointed:
+            state = checkpoint_state(trainer)
+            if improved or trainer.val_loader is None:
+                save_checkpoint(best_state(state), trainer.run_dir / "best.pt")  # weights and scores; resume uses last.pt
+            save_checkpoint(state, trainer.run_dir / "last.pt")
         if cfg.reports:
             _write_reports(trainer, _stop_reason(trainer), scores, picture)
         if writer is not None:
             _log_scalars(writer, entry, trainer.epoch)
-    if scores is not None or trainer.val_loader is None:
-        # what the closing validation, checkpoints and reports cost: kept out of the training time of the budget
-        trainer.clock.reserve_s = time.monotonic() - started
-    if cfg.early_stop_patience and trainer.stale_validations >= cfg.early_stop_patience:
+    if checkpointed:
+        trainer.saved_epoch = trainer.epoch
+        if scores is not None or trainer.val_loader is None:
+            # what the closing validation, checkpoints and reports cost: kept out of the training time of the budget
+            trainer.clock.reserve_s = time.monotonic() - started
+    if early_stop:
         log.info("early stop: no better val mIoU for %d validations", trainer.stale_validations)
         return True
     if out_of_time and trainer.epoch < cfg.epochs:

@@ -107,6 +107,7 @@ def restore_state(trainer: Trainer, state: dict[str, Any]) -> None:
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.scaler.load_state_dict(state["scaler"])
     trainer.epoch, trainer.step = state["epoch"], state["step"]
+    trainer.saved_epoch = trainer.epoch
     trainer.best_miou, trainer.best_epoch = state["best_miou"], state["best_epoch"]
     trainer.stale_validations = state.get("stale_validations", 0)
     trainer.history = list(state.get("history", []))

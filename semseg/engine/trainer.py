@@ -83,6 +83,8 @@ class Trainer:
     best_miou: float = -1.0
     best_epoch: int = -1
     stale_validations: int = 0
+    # the epoch last.pt holds (train.checkpoint_every): where a resume starts
+    saved_epoch: int = 0
     history: list[dict] = field(default_factory=list)
     # the report of the best validation (printed at the end, kept in the checkpoints)
     best_scores: dict | None = None
