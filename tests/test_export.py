@@ -218,7 +218,8 @@ def test_small_zoo_models_export_with_parity(name, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs", [{"low_level_stride": 4}, {"low_level_stride": 4, "aux_loss": True},
-                                    {"low_level_stride": [4, 8], "aux_loss": True}])
+                                    {"low_level_stride": [4, 8], "aux_loss": True},
+                                    {"low_level_stride": 4, "aux_loss": True, "aux_strides": [8, 16]}])
 def test_lraspp_with_a_stride_4_low_level_branch_exports_with_parity(kwargs, tmp_path):
     torch.manual_seed(0)
     model = create_model("lraspp_mobilenet_v3_large", 3, **kwargs)

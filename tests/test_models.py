@@ -145,6 +145,9 @@ def test_unknown_name_suggests_close_names_and_list_models():
         ("lraspp_mobilenet_v3_large", {"low_level_stride": [4, 16]}, r"must be 4, 8 or \[4, 8\], got \[4, 16\]"),
         ("lraspp_mobilenet_v3_large", {"low_level_stride": [8, 8]}, r"must be 4, 8 or \[4, 8\], got \[8, 8\]"),
         ("lraspp_mobilenet_v3_large", {"low_level_stride": []}, r"must be 4, 8 or \[4, 8\], got \[\]"),
+        ("lraspp_mobilenet_v3_large", {"aux_loss": True, "aux_strides": 32}, r"aux_strides must be 16, 8 or \[8, 16\], got 32"),
+        ("lraspp_mobilenet_v3_large", {"aux_loss": True, "aux_strides": [16, 16]}, r"must be 16, 8 .*got \[16, 16\]"),
+        ("lraspp_mobilenet_v3_large", {"aux_strides": [8, 16]}, "aux_strides places aux heads: add aux_loss: true"),
         ("unet_resnet18", {"norm": "ln"}, "norm must be one of bn, gn, syncbn, ibn"),
         ("unet_resnet18", {"decoder_channels": nn.ReLU()}, "must be a plain value"),
         ("unet:resnet1", {}, r"unknown smp encoder 'resnet1'.*resnet18"),
@@ -265,6 +268,43 @@ def test_lraspp_aux_head_supervises_the_stride_16_stage_and_only_in_training(tmp
     assert reloaded.has_aux
     with torch.no_grad():
         assert torch.equal(reloaded(x), out)
+
+
+def test_lraspp_aux_heads_on_the_stride_8_and_16_stages_supervise_training_only():
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", NUM_CLASSES, low_level_stride=4, aux_loss=True,
+                         aux_strides=[8, 16]).eval()
+    one = create_model("lraspp_mobilenet_v3_large", NUM_CLASSES, low_level_stride=4, aux_loss=True).eval()
+    assert model.model_kwargs == {"low_level_stride": 4, "aux_loss": True, "aux_strides": [8, 16]}
+    # the one-aux model's keys (its stride-16 head under torchvision's prefix) plus the stride-8 head's
+    extra = set(model.state_dict()) - set(one.state_dict())
+    assert set(one.state_dict()) < set(model.state_dict())
+    assert {key.split(".")[1] for key in extra} == {"aux_classifier_stride8"}
+    seen = {}
+    for name in ("aux_classifier", "aux_classifier_stride8"):
+        getattr(model.net, name).register_forward_hook(lambda m, i, o, name=name: seen.update({name: tuple(i[0].shape[1:])}))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        outputs = model.forward_aux(x)
+        assert set(outputs) == {"out", "aux", "aux8"}
+        assert all(value.shape == (1, NUM_CLASSES, 64, 96) for value in outputs.values())
+        # MobileNetV3-Large's stride-16 stage (112 channels) and stride-8 stage (40 channels)
+        assert seen == {"aux_classifier": (112, 4, 6), "aux_classifier_stride8": (40, 8, 12)}
+        seen.clear()
+        out = model(x)
+    assert not seen and torch.equal(out, outputs["out"])  # prediction runs neither aux head
+    # the same weights without the aux heads predict the same logits; the checkpoint for deployment has none
+    plain = create_model("lraspp_mobilenet_v3_large", NUM_CLASSES, low_level_stride=4).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(model.training_only_prefixes)})
+    with torch.no_grad():
+        assert torch.equal(plain(x), out)
+    # the trainer's loss counts each aux head at train.aux_weight
+    from semseg.engine.step import training_loss
+
+    masks = torch.randint(0, NUM_CLASSES, (1, 64, 96))
+    criterion = nn.CrossEntropyLoss()
+    expected = criterion(outputs["out"], masks) + 0.4 * (criterion(outputs["aux"], masks) + criterion(outputs["aux8"], masks))
+    assert torch.allclose(training_loss(outputs, masks, criterion, 0.4, 255), expected)
 
 
 def test_encoder_and_decoder_parameters_split_the_model():

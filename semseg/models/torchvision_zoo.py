@@ -44,8 +44,8 @@ def _resize_to(logits: Tensor, x: Tensor) -> Tensor:
 class TorchvisionSegModel(SegModel):
     """torchvision's forward, except that the aux head runs only when asked for (torchvision always runs it)."""
 
-    # a weights file without the aux head (or a model without one) loads: the head only serves training
-    training_only_prefixes = ("net.aux_classifier.",)
+    # a weights file without the aux heads (or a model without them) loads: they only serve training
+    training_only_prefixes = ("net.aux_classifier.", "net.aux_classifier_stride8.")
 
     def _logits(self, x: Tensor, with_aux: bool) -> dict[str, Tensor]:
         features = self.net.backbone(x)
@@ -54,8 +54,10 @@ class TorchvisionSegModel(SegModel):
         else:
             out = self.net.classifier(features["out"])
         outputs = {"out": _resize_to(out, x)}
-        if with_aux:
-            outputs["aux"] = _resize_to(self.net.aux_classifier(features["aux"]), x)
+        if with_aux:  # torchvision's aux head, and LR-ASPP's second one where it has one (lraspp_mobilenet_v3_large)
+            for key, head in (("aux", "aux_classifier"), ("aux8", "aux_classifier_stride8")):
+                if key in features:
+                    outputs[key] = _resize_to(getattr(self.net, head)(features[key]), x)
         return outputs
 
 
@@ -117,6 +119,7 @@ def _torchvision_builder(name: str) -> Callable[..., SegModel]:
 
 
 LRASPP_LOW_LEVEL_STRIDES = (4, 8)
+LRASPP_AUX_STRIDES = (8, 16)
 
 
 class _TwoStrideLRASPPHead(tvseg.lraspp.LRASPPHead):
@@ -149,12 +152,24 @@ def _low_level_strides(low_level_stride: int | list[int] | tuple[int, ...]) -> t
     return tuple(sorted(strides))
 
 
-def _lraspp_backbone_blocks(net: tvseg.LRASPP, strides: tuple[int, ...], aux: bool) -> dict[str, str]:
+def _aux_strides(aux_strides: int | list[int] | tuple[int, ...], aux: bool) -> tuple[int, ...]:
+    """``aux_strides`` as the sorted tuple of the stages that get an aux head (none without ``aux``)."""
+    strides = (aux_strides,) if isinstance(aux_strides, int) else tuple(aux_strides)
+    if not strides or len(set(strides)) != len(strides) or not set(strides) <= set(LRASPP_AUX_STRIDES):
+        raise SemsegError("model 'lraspp_mobilenet_v3_large': aux_strides must be 16, 8 or [8, 16], "
+                          f"got {aux_strides!r}")
+    if not aux and strides != (16,):
+        raise SemsegError("model 'lraspp_mobilenet_v3_large': aux_strides places aux heads: add aux_loss: true")
+    return tuple(sorted(strides)) if aux else ()
+
+
+def _lraspp_backbone_blocks(net: tvseg.LRASPP, strides: tuple[int, ...], aux: tuple[int, ...]) -> dict[str, str]:
     """The MobileNetV3 block index LR-ASPP's backbone returns for each of its outputs: ``"low"`` (the last block
     before the stride-8 stage for stride 4 alone; torchvision's strided block that starts the stride-8 stage
     where 8 is among ``strides``), ``"detail"`` (the last stride-4 block, where ``strides`` is (4, 8)),
-    ``"high"`` (the last block) and, with ``aux``, ``"aux"`` (the last block of the stride-16 stage, before the
-    dilated last stage: the depth where PSPNet and torchvision's FCN/DeepLabV3 put their aux heads)."""
+    ``"high"`` (the last block) and, for the aux heads' strides ``aux``, ``"aux"`` (16: the last block of the
+    stride-16 stage, before the dilated last stage: the depth where PSPNet and torchvision's FCN/DeepLabV3 put
+    their aux heads) and ``"aux8"`` (8: the last block of the stride-8 stage)."""
     blocks = net.backbone
     # MobileNetV3 marks the blocks that halve the resolution (_is_cn); in the segmentation backbone the last
     # one is dilated instead, so the marks are the starts of the stride-4, 8, 16 and dilated stages
@@ -163,12 +178,14 @@ def _lraspp_backbone_blocks(net: tvseg.LRASPP, strides: tuple[int, ...], aux: bo
     outputs = {"low": last_stride_4 if strides == (4,) else first_stride_8, "high": list(blocks.keys())[-1]}
     if strides == (4, 8):
         outputs["detail"] = last_stride_4
-    if aux:
+    if 16 in aux:
         outputs["aux"] = str(strided[-1] - 1)
+    if 8 in aux:
+        outputs["aux8"] = str(strided[-2] - 1)
     return outputs
 
 
-def _lraspp_customized(net: tvseg.LRASPP, num_classes: int, strides: tuple[int, ...], aux: bool) -> None:
+def _lraspp_customized(net: tvseg.LRASPP, num_classes: int, strides: tuple[int, ...], aux: tuple[int, ...]) -> None:
     """Rewire torchvision's LR-ASPP in place; the backbone's layers and their state-dict keys stay as they are.
 
     ``strides`` (4,) feeds the low-level classifier MobileNetV3's last stride-4 block (24 channels) instead
@@ -178,8 +195,9 @@ def _lraspp_customized(net: tvseg.LRASPP, num_classes: int, strides: tuple[int, 
     torchvision's stride-8 head and adds the stride-4 term after it (``_TwoStrideLRASPPHead``).
 
     ``aux`` adds deep supervision, which torchvision's LR-ASPP lacks: torchvision's FCN head (3x3 conv to a
-    quarter of the channels, BatchNorm, ReLU, dropout, 1x1 conv) on the stride-16 stage's output, trained
-    with ``train.aux_weight`` and never run at prediction or export.
+    quarter of the channels, BatchNorm, ReLU, dropout, 1x1 conv) on the output of the stride-16 stage
+    (``net.aux_classifier``) and/or of the stride-8 stage (``net.aux_classifier_stride8``), each trained with
+    ``train.aux_weight`` and never run at prediction or export.
     """
     from torchvision.models._utils import IntermediateLayerGetter
 
@@ -197,23 +215,26 @@ def _lraspp_customized(net: tvseg.LRASPP, num_classes: int, strides: tuple[int, 
         # torchvision's head (and the published weights it may hold) carries over; only the new term starts fresh
         missing = net.classifier.load_state_dict(stride_8_head.state_dict(), strict=False).missing_keys
         assert set(missing) == {"detail_classifier.weight", "detail_classifier.bias"}, missing
-    if aux:
+    if 16 in aux:
         net.aux_classifier = tvseg.fcn.FCNHead(blocks[block_of["aux"]].out_channels, num_classes)
+    if 8 in aux:
+        net.aux_classifier_stride8 = tvseg.fcn.FCNHead(blocks[block_of["aux8"]].out_channels, num_classes)
 
 
 @register_model
 def lraspp_mobilenet_v3_large(num_classes: int, pretrained: bool = False, aux_loss: bool | None = None,
                               pretrained_backbone: bool = False,
-                              low_level_stride: int | list[int] = 8) -> SegModel:
-    """torchvision's LR-ASPP MobileNetV3-Large. ``aux_loss``: an aux head on the stride-16 stage for deep
-    supervision (default: none, as torchvision's); ``pretrained_backbone``: torchvision's ImageNet weights for
-    the backbone alone; ``low_level_stride``: 8 (torchvision's), 4 (the low-level branch at twice the
-    resolution) or [4, 8] (torchvision's stride-8 head plus a stride-4 term). With ``pretrained``, the head's
-    new classifiers and the aux head start untrained."""
+                              low_level_stride: int | list[int] = 8, aux_strides: int | list[int] = 16) -> SegModel:
+    """torchvision's LR-ASPP MobileNetV3-Large. ``aux_loss``: aux heads for deep supervision (default: none, as
+    torchvision's), on the stages of ``aux_strides``: 16 (the stride-16 stage), 8 or [8, 16];
+    ``pretrained_backbone``: torchvision's ImageNet weights for the backbone alone; ``low_level_stride``: 8
+    (torchvision's), 4 (the low-level branch at twice the resolution) or [4, 8] (torchvision's stride-8 head plus
+    a stride-4 term). With ``pretrained``, the head's new classifiers and the aux heads start untrained."""
     strides = _low_level_strides(low_level_stride)
+    aux = _aux_strides(aux_strides, bool(aux_loss))
     model = build_torchvision("lraspp_mobilenet_v3_large", num_classes, pretrained, None, pretrained_backbone)
-    if strides != (8,) or aux_loss:
-        _lraspp_customized(model.net, num_classes, strides, bool(aux_loss))
+    if strides != (8,) or aux:
+        _lraspp_customized(model.net, num_classes, strides, aux)
         model.has_aux = bool(aux_loss)
     return model
 
