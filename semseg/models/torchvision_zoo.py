@@ -41,11 +41,17 @@ def _resize_to(logits: Tensor, x: Tensor) -> Tensor:
     return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+# the aux heads by the stride of the stage they supervise: (the backbone's output key and forward_aux's, the
+# module under net). 16's are torchvision's own names (FCN's and DeepLabV3's aux head, and LR-ASPP's here);
+# lraspp_mobilenet_v3_large may also have 8's (aux_strides)
+AUX_HEADS = {16: ("aux", "aux_classifier"), 8: ("aux8", "aux_classifier_stride8")}
+
+
 class TorchvisionSegModel(SegModel):
     """torchvision's forward, except that the aux head runs only when asked for (torchvision always runs it)."""
 
     # a weights file without the aux heads (or a model without them) loads: they only serve training
-    training_only_prefixes = ("net.aux_classifier.", "net.aux_classifier_stride8.")
+    training_only_prefixes = tuple(f"net.{head}." for _, head in AUX_HEADS.values())
 
     def _logits(self, x: Tensor, with_aux: bool) -> dict[str, Tensor]:
         features = self.net.backbone(x)
@@ -54,8 +60,8 @@ class TorchvisionSegModel(SegModel):
         else:
             out = self.net.classifier(features["out"])
         outputs = {"out": _resize_to(out, x)}
-        if with_aux:  # torchvision's aux head, and LR-ASPP's second one where it has one (lraspp_mobilenet_v3_large)
-            for key, head in (("aux", "aux_classifier"), ("aux8", "aux_classifier_stride8")):
+        if with_aux:
+            for key, head in AUX_HEADS.values():
                 if key in features:
                     outputs[key] = _resize_to(getattr(self.net, head)(features[key]), x)
         return outputs
@@ -119,7 +125,6 @@ def _torchvision_builder(name: str) -> Callable[..., SegModel]:
 
 
 LRASPP_LOW_LEVEL_STRIDES = (4, 8)
-LRASPP_AUX_STRIDES = (8, 16)
 
 
 class _TwoStrideLRASPPHead(tvseg.lraspp.LRASPPHead):
@@ -143,24 +148,22 @@ class _TwoStrideLRASPPHead(tvseg.lraspp.LRASPPHead):
         return coarse + self.detail_classifier(detail)
 
 
-def _low_level_strides(low_level_stride: int | list[int] | tuple[int, ...]) -> tuple[int, ...]:
-    """``low_level_stride`` as the sorted tuple of the strides whose features the head classifies."""
-    strides = (low_level_stride,) if isinstance(low_level_stride, int) else tuple(low_level_stride)
-    if not strides or len(set(strides)) != len(strides) or not set(strides) <= set(LRASPP_LOW_LEVEL_STRIDES):
-        raise SemsegError("model 'lraspp_mobilenet_v3_large': low_level_stride must be 4, 8 or [4, 8], "
-                          f"got {low_level_stride!r}")
+def _stride_set(value: int | list[int] | tuple[int, ...], key: str, allowed: tuple[int, ...],
+                choices: str) -> tuple[int, ...]:
+    """``value``, a stride or a list of them (``low_level_stride``, ``aux_strides``), as the sorted tuple of its
+    distinct strides, each in ``allowed``; else one error naming ``key`` and its ``choices``."""
+    strides = (value,) if isinstance(value, int) else tuple(value)
+    if not strides or len(set(strides)) != len(strides) or not set(strides) <= set(allowed):
+        raise SemsegError(f"model 'lraspp_mobilenet_v3_large': {key} must be {choices}, got {value!r}")
     return tuple(sorted(strides))
 
 
 def _aux_strides(aux_strides: int | list[int] | tuple[int, ...], aux: bool) -> tuple[int, ...]:
     """``aux_strides`` as the sorted tuple of the stages that get an aux head (none without ``aux``)."""
-    strides = (aux_strides,) if isinstance(aux_strides, int) else tuple(aux_strides)
-    if not strides or len(set(strides)) != len(strides) or not set(strides) <= set(LRASPP_AUX_STRIDES):
-        raise SemsegError("model 'lraspp_mobilenet_v3_large': aux_strides must be 16, 8 or [8, 16], "
-                          f"got {aux_strides!r}")
+    strides = _stride_set(aux_strides, "aux_strides", tuple(AUX_HEADS), "16, 8 or [8, 16]")
     if not aux and strides != (16,):
         raise SemsegError("model 'lraspp_mobilenet_v3_large': aux_strides places aux heads: add aux_loss: true")
-    return tuple(sorted(strides)) if aux else ()
+    return strides if aux else ()
 
 
 def _lraspp_backbone_blocks(net: tvseg.LRASPP, strides: tuple[int, ...], aux: tuple[int, ...]) -> dict[str, str]:
@@ -178,10 +181,9 @@ def _lraspp_backbone_blocks(net: tvseg.LRASPP, strides: tuple[int, ...], aux: tu
     outputs = {"low": last_stride_4 if strides == (4,) else first_stride_8, "high": list(blocks.keys())[-1]}
     if strides == (4, 8):
         outputs["detail"] = last_stride_4
-    if 16 in aux:
-        outputs["aux"] = str(strided[-1] - 1)
-    if 8 in aux:
-        outputs["aux8"] = str(strided[-2] - 1)
+    last_block_of_stage = {8: strided[-2] - 1, 16: strided[-1] - 1}
+    for stride in aux:
+        outputs[AUX_HEADS[stride][0]] = str(last_block_of_stage[stride])
     return outputs
 
 
@@ -215,10 +217,9 @@ def _lraspp_customized(net: tvseg.LRASPP, num_classes: int, strides: tuple[int, 
         # torchvision's head (and the published weights it may hold) carries over; only the new term starts fresh
         missing = net.classifier.load_state_dict(stride_8_head.state_dict(), strict=False).missing_keys
         assert set(missing) == {"detail_classifier.weight", "detail_classifier.bias"}, missing
-    if 16 in aux:
-        net.aux_classifier = tvseg.fcn.FCNHead(blocks[block_of["aux"]].out_channels, num_classes)
-    if 8 in aux:
-        net.aux_classifier_stride8 = tvseg.fcn.FCNHead(blocks[block_of["aux8"]].out_channels, num_classes)
+    for stride, (key, head) in AUX_HEADS.items():  # the table's order: the heads' initialization draws as before
+        if stride in aux:
+            setattr(net, head, tvseg.fcn.FCNHead(blocks[block_of[key]].out_channels, num_classes))
 
 
 @register_model
@@ -230,7 +231,7 @@ def lraspp_mobilenet_v3_large(num_classes: int, pretrained: bool = False, aux_lo
     ``pretrained_backbone``: torchvision's ImageNet weights for the backbone alone; ``low_level_stride``: 8
     (torchvision's), 4 (the low-level branch at twice the resolution) or [4, 8] (torchvision's stride-8 head plus
     a stride-4 term). With ``pretrained``, the head's new classifiers and the aux heads start untrained."""
-    strides = _low_level_strides(low_level_stride)
+    strides = _stride_set(low_level_stride, "low_level_stride", LRASPP_LOW_LEVEL_STRIDES, "4, 8 or [4, 8]")
     aux = _aux_strides(aux_strides, bool(aux_loss))
     model = build_torchvision("lraspp_mobilenet_v3_large", num_classes, pretrained, None, pretrained_backbone)
     if strides != (8,) or aux:
